@@ -1,0 +1,149 @@
+"""Minibatch CKA for every layer pair of two models at once (Nguyen et al. 2021).
+
+Per minibatch of b examples: the Gram of every layer is U-centred, flattened to b^2 and stacked
+into G_x [L1, b^2] and G_y [L2, b^2]; one matrix product G_x G_y^T / (b (b-3)) gives the
+unbiased HSIC_1 of every pair. The estimates are *summed* over batches and CKA is formed once,
+as a ratio of sums:
+
+    CKA_ij = sum_b HSIC_1(K_i, L_j) / sqrt(sum_b HSIC_1(K_i, K_i) * sum_b HSIC_1(L_j, L_j)).
+
+This is neither a mean of per-batch CKAs nor a biased per-batch HSIC: both inflate the values.
+With a mesh, the example axis of each batch is sharded over `axis`; each device forms its rows
+of every Gram and the pair product reduces over devices (XLA inserts the collectives).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ssl_jax.similarity import _numerics as nm
+from ssl_jax.similarity.cka import u_centre
+
+Layers = Union[Sequence[jax.Array], Mapping[str, jax.Array]]
+
+
+class MinibatchCKAState(NamedTuple):
+    """Running sums of HSIC_1 estimates (a pytree; start from `minibatch_cka_init`)."""
+    cross: jax.Array    # [L1, L2] sum over batches of HSIC_1(K_i, L_j)
+    self_x: jax.Array   # [L1] sum over batches of HSIC_1(K_i, K_i)
+    self_y: jax.Array   # [L2]
+    finite: jax.Array   # bool scalar: every activation seen so far was finite
+    n_batches: jax.Array  # int32 scalar
+
+
+def minibatch_cka_init(n_layers_x: int, n_layers_y: int) -> MinibatchCKAState:
+    """Empty accumulator for L1 x L2 layer pairs (compute dtype: float32, float64 under x64)."""
+    dt = nm.compute_dtype()
+    return MinibatchCKAState(jnp.zeros((n_layers_x, n_layers_y), dt), jnp.zeros((n_layers_x,), dt),
+                             jnp.zeros((n_layers_y,), dt), jnp.asarray(True),
+                             jnp.asarray(0, jnp.int32))
+
+
+def _as_list(layers: Layers, name: str) -> list:
+    values = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
+    if not values:
+        raise ValueError(f"{name} has no layers")
+    return values
+
+
+def _check_batch(layers: list, name: str) -> int:
+    b = None
+    for i, a in enumerate(layers):
+        if len(a.shape) != 2:
+            raise ValueError(f"{name}[{i}] must be [batch, n_features], got shape {tuple(a.shape)}")
+        if a.shape[1] == 0:
+            raise ValueError(f"{name}[{i}] has no features (empty layer)")
+        if b is not None and a.shape[0] != b:
+            raise ValueError(f"{name}[{i}] has batch size {a.shape[0]}, other layers have {b}")
+        b = a.shape[0]
+    if b < 4:
+        raise ValueError(f"{name}: batch size {b} < 4; the unbiased HSIC_1 needs at least 4 examples")
+    return b
+
+
+def _stacked_u_grams(layers, spec) -> jax.Array:
+    """[L, b * b]: the U-centred linear Gram of every layer, flattened."""
+    grams = []
+    for a in layers:
+        a = a.astype(nm.compute_dtype())
+        g = u_centre(nm.mm(a, a.T))
+        if spec is not None:  # keep each device's rows of the Gram local; no all-gather of G
+            g = jax.lax.with_sharding_constraint(g, spec)
+        grams.append(g.reshape(-1))
+    return jnp.stack(grams)
+
+
+@functools.partial(jax.jit, static_argnames=("same_model", "spec"))
+def _update(state: MinibatchCKAState, xs, ys, same_model: bool, spec):
+    b = xs[0].shape[0]
+    scale = 1.0 / (b * (b - 3.0))
+    gx = _stacked_u_grams(xs, spec)
+    gy = gx if same_model else _stacked_u_grams(ys, spec)
+    cross = nm.mm(gx, gy.T) * scale  # the single GEMM that serves all L1 x L2 pairs
+    self_x = jnp.sum(gx * gx, axis=1) * scale
+    self_y = self_x if same_model else jnp.sum(gy * gy, axis=1) * scale
+    finite = state.finite & jnp.all(jnp.stack([nm.finite(a) for a in list(xs) + list(ys)]))
+    return MinibatchCKAState(state.cross + cross, state.self_x + self_x, state.self_y + self_y,
+                             finite, state.n_batches + 1)
+
+
+def minibatch_cka_update(state: MinibatchCKAState, acts_x: Layers, acts_y: Optional[Layers] = None,
+                         mesh: Optional[Mesh] = None, axis: str = "data") -> MinibatchCKAState:
+    """Adds one minibatch. acts_x: L1 arrays `[b, p_i]` (same b examples, same order as acts_y);
+    acts_y: L2 arrays `[b, q_j]`, or None to compare the model with itself.
+
+    With `mesh`, the example axis is sharded over mesh axis `axis` (b must divide evenly).
+    No host sync: value checks happen in `minibatch_cka_result`.
+    """
+    xs = _as_list(acts_x, "acts_x")
+    ys = xs if acts_y is None else _as_list(acts_y, "acts_y")
+    b = _check_batch(xs, "acts_x")
+    if _check_batch(ys, "acts_y") != b:
+        raise ValueError(f"acts_x and acts_y must hold the same examples: batch {b} vs {ys[0].shape[0]}")
+    if (len(xs), len(ys)) != state.cross.shape:
+        raise ValueError(f"state is for {state.cross.shape} layer pairs, got {len(xs)} x {len(ys)} layers")
+    spec = None
+    if mesh is not None:
+        n_dev = mesh.shape[axis]
+        if b % n_dev:
+            raise ValueError(f"batch size {b} is not divisible by the {n_dev} devices of mesh axis {axis!r}")
+        sharding = NamedSharding(mesh, P(axis))
+        xs = [jax.device_put(a, sharding) for a in xs]
+        ys = xs if acts_y is None else [jax.device_put(a, sharding) for a in ys]
+        spec = NamedSharding(mesh, P(axis, None))
+    return _update(state, tuple(xs), tuple(ys), same_model=acts_y is None, spec=spec)
+
+
+def minibatch_cka_result(state: MinibatchCKAState) -> np.ndarray:
+    """[L1, L2] CKA from the accumulated sums (host numpy). Raises ValueError on bad values."""
+    if int(state.n_batches) == 0:
+        raise ValueError("no minibatches were accumulated")
+    cross, sx, sy, finite = jax.device_get((state.cross, state.self_x, state.self_y, state.finite))
+    if not finite:
+        raise ValueError("NaN or inf activations were seen in at least one minibatch")
+    for name, s in (("x", sx), ("y", sy)):
+        bad = np.flatnonzero(~(s > 0))
+        if bad.size:
+            raise ValueError(f"layers {bad.tolist()} of {name} have a summed self-HSIC_1 <= 0 "
+                             "(constant activations, or too few examples)")
+    return cross / (np.sqrt(sx)[:, None] * np.sqrt(sy)[None, :])
+
+
+def minibatch_cka(batches: Iterable[tuple[Layers, Optional[Layers]]], mesh: Optional[Mesh] = None,
+                  axis: str = "data") -> np.ndarray:
+    """Minibatch CKA `[L1, L2]` over an iterable of `(acts_x, acts_y)` minibatches (acts_y may be
+    None for a model against itself). See the module docstring for the estimator."""
+    state = None
+    for acts_x, acts_y in batches:
+        if state is None:
+            n_y = len(acts_x) if acts_y is None else len(acts_y)
+            state = minibatch_cka_init(len(acts_x), n_y)
+        state = minibatch_cka_update(state, acts_x, acts_y, mesh=mesh, axis=axis)
+    if state is None:
+        raise ValueError("batches is empty")
+    return minibatch_cka_result(state)
