@@ -1,0 +1,79 @@
+"""Shared config pieces: the `file.py:key=value,flag` argument parser and the base config."""
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("smoke", "quickstart", "cifar10", "imagenet")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """'quickstart,width=0.5' -> ConfigDict(variant='quickstart', width=0.5). Values are cast to
+    the type of the default; a bare word is the variant."""
+    out = ml_collections.ConfigDict(dict(defaults))
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            out.variant = item
+            continue
+        key, value = item.split("=", 1)
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; valid: {', '.join(sorted(defaults))}")
+        kind = type(defaults[key])
+        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    if out.variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {out.variant!r}; valid: {', '.join(VARIANTS)}")
+    return out
+
+
+def base_config(variant: str) -> ml_collections.ConfigDict:
+    """Fields every method shares, sized for `variant`."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.compute_dtype = "float32"
+    c.num_steps = 0          # 0: use num_epochs
+    c.num_epochs = 1.0
+    c.batch_size = 256
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.model = ml_collections.ConfigDict(
+        dict(name="resnet18", width=1.0, cifar_stem=False, padding="torch"))
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="imagenet2012", data_dir=ml_collections.FieldReference(None, field_type=str),
+        train_split="train", eval_split="validation", image_size=224, num_classes=1000,
+        eval_crop_fraction=0.875, cache=False))
+    c.augment = ml_collections.ConfigDict(dict(preset="simclr_imagenet", overrides={}))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="lars", base_lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1,
+        scale_with_batch=True))
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=512, every_steps=0, knn_k=200, knn_temperature=0.07))
+
+    if variant in ("smoke", "quickstart"):
+        c.model.update(width=0.125 if variant == "smoke" else 0.25, cifar_stem=True)
+        c.dataset.update(name="shapes_textures/tiny" if variant == "smoke"
+                         else "shapes_textures/small32", train_split="train", eval_split="test",
+                         image_size=32, num_classes=10, eval_crop_fraction=1.0, cache=True)
+    if variant == "smoke":
+        c.num_steps = 6
+        c.batch_size = 32
+        c.log_every = 1
+        c.checkpoint_every = 2
+        c.eval.update(batch_size=128, every_steps=6)
+    elif variant == "quickstart":
+        c.log_every = 10
+        c.checkpoint_every = 100
+        c.eval.update(every_steps=0)
+    elif variant == "cifar10":
+        c.model.update(cifar_stem=True)
+        c.dataset.update(name="cifar10", train_split="train", eval_split="test", image_size=32,
+                         num_classes=10, eval_crop_fraction=1.0, cache=True)
+        c.batch_size = 512
+        c.eval.update(every_steps=5000)
+        c.checkpoint_every = 1000
+    elif variant == "imagenet":
+        c.model.name = "resnet50"
+        c.compute_dtype = "bfloat16"
+        c.batch_size = 4096
+        c.eval.update(every_steps=0)
+        c.checkpoint_every = 2500
+    return c

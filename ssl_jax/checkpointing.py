@@ -1,0 +1,64 @@
+"""Orbax checkpoints of the train state: atomic, keep-N, restore into an abstract state.
+
+A corrupt or unreadable latest checkpoint is not fatal: restore falls back to the previous
+one, says so, and moves the bad directory aside (never deletes it) so nothing is lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def make_manager(directory: str, keep: int, save_every: int, async_save: bool = True
+                 ) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=save_every, create=True,
+        enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         force: bool = False) -> bool:
+    """Save `state` (any pytree of arrays) and a JSON-able `meta` dict at `step`."""
+    return manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any
+                   ) -> tuple[int, Any, dict] | None:
+    """Restore the newest readable checkpoint into `abstract_state` (a pytree of
+    jax.ShapeDtypeStruct with shardings, e.g. from jax.eval_shape). Returns
+    (step, state, meta), or None when the directory holds no checkpoint."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for truncated/corrupt files
+            bad = os.path.join(str(manager.directory), str(step))
+            aside = f"{bad}.corrupt"
+            log.warning("checkpoint at step %d is unreadable (%s: %s); %s", step,
+                        type(e).__name__, str(e).splitlines()[0][:200],
+                        "falling back to the previous one" if i + 1 < len(steps)
+                        else "no older checkpoint to fall back to")
+            if os.path.isdir(bad) and jax.process_index() == 0:
+                os.replace(bad, aside)
+            manager.reload()
+            continue
+        return step, restored.state, dict(restored.meta or {})
+    if steps:
+        raise CheckpointError(
+            f"no readable checkpoint in {manager.directory} (tried steps {steps}); "
+            "unreadable ones were moved aside with a .corrupt suffix")
+    return None

@@ -1,0 +1,147 @@
+"""tf.data input pipeline: any TFDS image-classification dataset by name, or the built-in one.
+
+Host side (here): read, shuffle, decode, random-resized-crop and flip per view, batch.
+Device side (`ssl_jax.data.augment`): colour jitter, grayscale, blur, solarize, one RNG per image.
+
+Multi-host: every process walks the same seeded global stream of records but decodes only the
+rows of each global batch that belong to it, so the global batch is identical for any number of
+processes (1 process x 8 devices trains exactly like 2 processes x 4 devices), while the
+expensive work (decode, crop) is split. Resuming at step s skips s global batches of undecoded
+records, which makes a resumed run see exactly the data an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssl_jax.data import crop
+
+BUILTIN = "shapes_textures"
+
+
+def _builder(name: str, data_dir: str | None):
+    import ssl_jax.data.builtin  # noqa: F401  (registers `shapes_textures` with TFDS)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises DatasetNotFoundError / ValueError for bad configs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        configs = ", ".join(c.name for c in tfds.builder_cls(BUILTIN).BUILDER_CONFIGS)
+        raise ValueError(
+            f"unknown dataset {name!r} ({first}); valid: any TFDS image-classification dataset "
+            f"(e.g. cifar10, stl10, imagenette, imagenet2012) or the built-in "
+            f"{BUILTIN}/<config> with config in: {configs}") from None
+    return builder
+
+
+def load_builder(name: str, data_dir: str | None = None):
+    """The TFDS builder for `name`, prepared. The built-in dataset is generated on first use
+    (no download); other datasets must already be prepared in `data_dir` when offline."""
+    builder = _builder(name, data_dir)
+    if name.split("/")[0] == BUILTIN:
+        builder.download_and_prepare()
+    elif not os.path.isdir(builder.data_dir) or not tf.io.gfile.exists(
+            os.path.join(builder.data_dir, "dataset_info.json")):
+        builder.download_and_prepare()
+    return builder
+
+
+def num_examples(builder, split: str) -> int:
+    return builder.info.splits[split].num_examples
+
+
+def _image_decoders(builder):
+    # Keep images encoded until after the per-process filter: skipping/filtering is then cheap.
+    if isinstance(builder.info.features["image"], tfds.features.Image):
+        return {"image": tfds.decode.SkipDecoding()}
+    return None
+
+
+def _decode_image(builder, encoded):
+    feature = builder.info.features["image"]
+    if isinstance(feature, tfds.features.Image):
+        image = feature.decode_example(encoded)
+    else:
+        image = encoded
+    if image.shape.rank == 3 and image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    return image
+
+
+def host_view(image: tf.Tensor, index: tf.Tensor, view_index: int, view, seed: int,
+              size: int) -> tf.Tensor:
+    """Crop and flip one view of one example. Seeds depend on (seed, global example index,
+    view), never on the process count, so any sharding or a resumed run sees the same crops."""
+    base = tf.cast(seed, tf.int64) * 1_000_003 + 2 * view_index
+    crop_seed = tf.stack([base, index])
+    flip_seed = tf.stack([base + 1, index])
+    if view.crop == "random_resized":
+        image = crop.random_resized_crop(image, crop_seed, size, scale=view.crop_scale,
+                                         ratio=view.crop_ratio)
+    else:
+        image = crop.center_crop(image, size, view.center_crop_fraction)
+    if view.flip:
+        image = crop.random_flip(image, flip_seed)
+    return image
+
+
+def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
+                   seed: int, start_step: int = 0, cache: bool = True,
+                   shuffle_buffer: int = 50_000) -> Iterator[dict[str, np.ndarray]]:
+    """Endless iterator of this process's part of each global batch.
+
+    views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here). Yields {"image": uint8 [b, V, S, S, 3],
+    "label": int32 [b]}, b = global_batch_size / process_count.
+    """
+    nproc, pid = jax.process_count(), jax.process_index()
+    if global_batch_size % nproc:
+        raise ValueError(f"batch_size={global_batch_size} not divisible by {nproc} processes")
+    local = global_batch_size // nproc
+    ds = builder.as_dataset(split=split, shuffle_files=True, decoders=_image_decoders(builder),
+                            read_config=tfds.ReadConfig(shuffle_seed=seed))
+    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    if cache:
+        ds = ds.cache()
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().skip(start_step * global_batch_size)
+    ds = ds.filter(lambda i, ex: (i % global_batch_size) // local == pid)
+
+    def prepare(i, ex):
+        image = _decode_image(builder, ex["image"])
+        out = [host_view(image, i, v, view, seed, image_size) for v, view in enumerate(views)]
+        return {"image": tf.stack(out), "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()
+
+
+def eval_iterator(builder, split: str, global_batch_size: int, image_size: int,
+                  crop_fraction: float = 1.0, extra_keys: tuple = ()
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` in order, eval preprocessing (centre crop). The last global batch
+    is padded to full size; `valid` (bool [b]) marks real examples. Yields this process's rows:
+    {"image": uint8 [b, S, S, 3], "label": int32 [b], "valid": bool [b], *extra_keys}."""
+    nproc, pid = jax.process_count(), jax.process_index()
+    local = global_batch_size // nproc
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+
+    def prepare(ex):
+        image = _decode_image(builder, ex["image"])
+        out = {"image": crop.center_crop(image, image_size, crop_fraction),
+               "label": tf.cast(ex["label"], tf.int32), "valid": tf.constant(True)}
+        out.update({k: ex[k] for k in extra_keys})
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(global_batch_size).prefetch(tf.data.AUTOTUNE)
+    for batch in ds.as_numpy_iterator():
+        n = len(batch["label"])
+        if n < global_batch_size:
+            batch = {k: np.concatenate([v, np.zeros((global_batch_size - n,) + v.shape[1:],
+                                                    v.dtype)]) for k, v in batch.items()}
+        yield {k: v[pid * local:(pid + 1) * local] for k, v in batch.items()}

@@ -1,0 +1,60 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over the global batch of two augmented views.
+
+Both views go through the network in one concatenated batch, as google-research/simclr does,
+so BatchNorm statistics are computed over all 2N images of the global batch.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import losses
+from ssl_jax.methods.common import build_backbone, normalize, split_variables
+from ssl_jax.models import heads
+
+HEADS = ("v1", "v2")
+
+
+class SimCLRNet(nn.Module):
+    backbone: nn.Module
+    head: nn.Module
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        h = self.backbone(normalize(x), train=train)
+        return h, self.head(h, train=train)
+
+
+class Method:
+    num_views = 2
+
+    def __init__(self, config):
+        cfg = config.simclr
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown simclr.head {cfg.head!r}; valid: {', '.join(HEADS)}")
+        head_cls = heads.ProjectionMLP if cfg.head == "v1" else heads.ProjectionMLPv2
+        self.net = SimCLRNet(build_backbone(config), head_cls(out_dim=cfg.proj_dim))
+        self.temperature = cfg.temperature
+
+    def init(self, rng, images):
+        return split_variables(self.net.init(rng, images, train=False))
+
+    def loss(self, params, model_state, views, labels, rng):
+        del labels, rng
+        b = views.shape[0]
+        x = jnp.concatenate([views[:, 0], views[:, 1]], axis=0)
+        (_, z), new_state = self.net.apply(
+            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"])
+        z = z.astype(jnp.float32)
+        z1, z2 = z[:b], z[b:]
+        loss = losses.nt_xent(z1, z2, self.temperature)
+        zn = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+        acc = losses.contrastive_accuracy(zn[:b], zn[b:])
+        return loss, (new_state, {"loss": loss, "contrastive_accuracy": acc})
+
+    def features(self, params, model_state, images):
+        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
+
+    def after_update(self, state):
+        return state

@@ -1,0 +1,51 @@
+"""Metric writers (JSON lines + TensorBoard), and the NaN guard."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import jax
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+    """Raise before anything is checkpointed when the loss is NaN/inf."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite metrics at step {step}: {bad}; no checkpoint was written for this step "
+            "(lower the learning rate or enable gradient clipping, then resume)")
+
+
+class MetricWriter:
+    """Appends `{"step": s, "time": t, **metrics}` to `metrics.jsonl` and mirrors scalars to
+    TensorBoard event files in the same directory. Only process 0 writes."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            from tensorboardX import SummaryWriter  # imported lazily: slow import
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

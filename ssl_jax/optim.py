@@ -1,0 +1,44 @@
+"""Optimizers and schedules from config (optax only; nothing hand-written that optax has)."""
+from __future__ import annotations
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+def decay_mask(params):
+    """True for weights that take weight decay (and LARS adaptation).
+
+    Biases and normalisation parameters (every leaf with ndim <= 1) are excluded. Masking by
+    rank rather than by name also catches shortcut BatchNorms (`downsample_1`), which name
+    filters in other codebases missed.
+    """
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def learning_rate_schedule(base_lr: float, batch_size: int, total_steps: int,
+                           warmup_steps: int, scale_with_batch: bool = True) -> optax.Schedule:
+    """Linear warmup then cosine decay to 0. With `scale_with_batch`, lr = base_lr * batch/256
+    (the SimCLR/BYOL convention)."""
+    peak = base_lr * batch_size / 256 if scale_with_batch else base_lr
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, 1), end_value=0.0)
+
+
+def build_optimizer(name: str, schedule: optax.Schedule, weight_decay: float,
+                    momentum: float = 0.9, lars_eta: float = 1e-3) -> optax.GradientTransformation:
+    """`name` in OPTIMIZERS. Weight decay is applied to `decay_mask` leaves only."""
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                           optax.sgd(schedule, momentum=momentum))
+    if name == "lars":
+        # optax.lars: decay, then trust ratio eta*||w||/||g + wd*w||, then momentum — BYOL's order.
+        return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                          trust_coefficient=lars_eta, trust_ratio_mask=decay_mask,
+                          momentum=momentum)
+    if name == "adamw":
+        return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")

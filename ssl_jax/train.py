@@ -1,0 +1,249 @@
+"""THE trainer: mesh -> data -> init (eval_shape) -> jit step -> checkpoints -> evals.
+
+One readable loop for every method; the method module supplies init / loss / features /
+after_update (see ssl_jax/methods/__init__.py) and nothing here is method-specific.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from functools import partial
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from ssl_jax import checkpointing, metrics as metrics_lib, optim, sharding
+from ssl_jax.data import augment, pipeline
+from ssl_jax.methods import get_method
+
+log = logging.getLogger("ssl_jax.train")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    model_state: Any  # batch_stats and any method state (EMA targets, queues, banks)
+    opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (pure; the tests call them directly)
+# ---------------------------------------------------------------------------------------------
+
+def to_float(images_uint8: jax.Array) -> jax.Array:
+    return images_uint8.astype(jnp.float32) / 255.0
+
+
+def device_augment(rng: jax.Array, images: jax.Array, preset: augment.Preset) -> jax.Array:
+    """images: uint8 [B, V, H, W, 3] (already cropped/flipped on the host) ->
+    float [B, V, H, W, 3] in [0, 1] after each view's colour/blur/solarize ops."""
+    x = to_float(images)
+    keys = jax.random.split(rng, len(preset.views))
+    return jnp.stack([augment.augment_views(keys[v], x[:, v], preset.views[v])
+                      for v in range(len(preset.views))], axis=1)
+
+
+def init_state(method, tx: optax.GradientTransformation, rng: jax.Array, image_shape) -> TrainState:
+    params, model_state = method.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params))
+
+
+def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dict,
+                   rng: jax.Array):
+    """((loss, (new_model_state, metrics)), grads) of one step on a global batch
+    {"image": uint8 [B, V, H, W, 3], "label": [B]}. Randomness is fold_in(rng, step), so a
+    resumed run draws the same augmentations as an uninterrupted one."""
+    rng = jax.random.fold_in(rng, state.step)
+    aug_rng, loss_rng = jax.random.split(rng)
+    views = device_augment(aug_rng, batch["image"], preset)
+
+    def loss_fn(params):
+        return method.loss(params, state.model_state, views, batch["label"], loss_rng)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
+def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Preset,
+                    schedule: optax.Schedule) -> Callable:
+    """(state, batch, rng) -> (state, metrics): `loss_and_grads`, then the optimizer update and
+    the method's after_update (EMA targets, queues, banks)."""
+
+    def step_fn(state: TrainState, batch: dict, rng: jax.Array):
+        (loss, (model_state, metrics)), grads = loss_and_grads(method, preset, state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  model_state=model_state, opt_state=opt_state)
+        new_state = method.after_update(new_state)
+        metrics = dict(metrics, learning_rate=schedule(state.step),
+                       grad_norm=optax.global_norm(grads))
+        return new_state, metrics
+
+    return step_fn
+
+
+def extract_features(method, state: TrainState, iterator, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features of every valid example of an eval iterator, sharded over the mesh.
+    Returns (features [N, D] float32, labels [N]) on every process."""
+
+    # Outputs replicated: each process can read the whole global batch (multi-host gather).
+    @partial(jax.jit, out_shardings=sharding.replicated(mesh))
+    def feats(params, model_state, batch):
+        f = method.features(params, model_state, to_float(batch["image"])).astype(jnp.float32)
+        return f, batch["label"], batch["valid"]
+
+    xs, ys = [], []
+    for batch in iterator:
+        g = sharding.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
+        f, y, valid = jax.device_get(feats(state.params, state.model_state, g))
+        xs.append(f[valid])
+        ys.append(y[valid])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config checks: one-line errors that name the bad value and the valid choices
+# ---------------------------------------------------------------------------------------------
+
+def check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {workdir!r} is not writable ({e.strerror}); "
+                         "pass --workdir pointing to a writable directory") from None
+
+
+def total_steps(config, num_train: int) -> int:
+    if config.get("num_steps"):
+        return int(config.num_steps)
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training "
+                         "examples; lower batch_size")
+    return int(round(config.num_epochs * steps_per_epoch))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train `config.method` and return the final metrics. Resumes from the newest readable
+    checkpoint in `workdir/checkpoints` when there is one."""
+    check_workdir(workdir)
+    method = get_method(config.method, config)
+    preset = augment.get_preset(config.augment.preset, **dict(config.augment.get("overrides", {})))
+    if len(preset.views) != method.num_views:
+        raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
+                         f"view(s) but method {config.method!r} needs {method.num_views}")
+
+    # --- Mesh and data ---
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divisible(config.batch_size, mesh)
+    builder = pipeline.load_builder(config.dataset.name, config.dataset.get("data_dir"))
+    num_train = pipeline.num_examples(builder, config.dataset.train_split)
+    steps = total_steps(config, num_train)
+    size = config.dataset.image_size
+
+    # --- Optimizer ---
+    oc = config.optimizer
+    warmup = int(oc.get("warmup_steps", 0) or round(oc.get("warmup_fraction", 0.0) * steps))
+    schedule = optim.learning_rate_schedule(oc.base_lr, config.batch_size, steps, warmup,
+                                            oc.get("scale_with_batch", True))
+    tx = optim.build_optimizer(oc.name, schedule, oc.weight_decay, oc.get("momentum", 0.9))
+
+    # --- State: abstract shapes first, so restore never materialises a throwaway init ---
+    rng = jax.random.key(config.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    repl = sharding.replicated(mesh)
+    init_fn = jax.jit(lambda r: init_state(method, tx, r, (size, size, 3)), out_shardings=repl)
+    abstract = jax.eval_shape(init_fn, init_rng)
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), abstract)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = checkpointing.make_manager(ckpt_dir, keep=config.get("keep_checkpoints", 3),
+                                         save_every=1)
+    restored = checkpointing.restore_latest(manager, abstract)
+    if restored is None:
+        state = init_fn(init_rng)
+        start = 0
+    else:
+        start, state, _ = restored
+        log.info("resumed from %s at step %d", ckpt_dir, start)
+        print(f"Resuming from checkpoint at step {start} in {ckpt_dir}", flush=True)
+
+    meta = {"config": config.to_dict(), "num_train": num_train, "total_steps": steps}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+
+    train_step = jax.jit(make_train_step(method, tx, preset, schedule), donate_argnums=0)
+    data = pipeline.train_iterator(
+        builder, config.dataset.train_split, config.batch_size,
+        preset.views, size, seed=config.seed, start_step=start,
+        cache=config.dataset.get("cache", True))
+    writer = metrics_lib.MetricWriter(workdir)
+
+    def knn_eval(state) -> dict[str, float]:
+        from ssl_jax.evaluation import knn
+        ev = config.eval
+        kw = dict(global_batch_size=ev.batch_size, image_size=size,
+                  crop_fraction=config.dataset.get("eval_crop_fraction", 1.0))
+        train_x, train_y = extract_features(method, state, pipeline.eval_iterator(
+            builder, config.dataset.train_split, **kw), mesh)
+        test_x, test_y = extract_features(method, state, pipeline.eval_iterator(
+            builder, config.dataset.eval_split, **kw), mesh)
+        res = knn(train_x, train_y, test_x, test_y, k=ev.knn_k, temperature=ev.knn_temperature,
+                  num_classes=config.dataset.num_classes)
+        return {"knn_top1": res["top1"]}
+
+    # --- Loop ---
+    final: dict[str, float] = {}
+    log_every, ckpt_every = config.log_every, config.checkpoint_every
+    eval_every = config.eval.get("every_steps", 0)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{config.method}",
+               disable=jax.process_index() != 0, dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    try:
+        for step in bar:
+            batch = sharding.global_batch(next(data), mesh)
+            state, step_metrics = train_step(state, batch, step_rng)
+            seen += config.batch_size
+            done = step + 1
+            is_last = done == steps
+            if done % log_every == 0 or done % ckpt_every == 0 or is_last:
+                host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                metrics_lib.check_finite(done, host)
+                rate = seen / (time.perf_counter() - t0)
+                host["images_per_sec"] = rate
+                writer.write(done, host)
+                bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{rate:.0f}")
+                t0, seen = time.perf_counter(), 0
+                final = host
+            if eval_every and (done % eval_every == 0 or is_last):
+                ev = knn_eval(state)
+                writer.write(done, ev)
+                final.update(ev)
+                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+            if done % ckpt_every == 0 or is_last:
+                checkpointing.save(manager, done, state, meta, force=True)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=2)
+    return final
