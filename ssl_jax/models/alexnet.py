@@ -1,0 +1,108 @@
+"""AlexNet: torchvision's variant and a BatchNorm variant for pretext-task training.
+
+Flax submodule names are torchvision's ``features.N`` / ``classifier.N`` indices with ``_``
+(``features_0``, ``classifier_1``) so a torch state_dict converts mechanically.
+
+torchvision ``alexnet`` (``batch_norm=False``)::
+
+  features: 0 conv11/4 p2 (64), 1 relu, 2 maxpool3/2, 3 conv5 p2 (192), 4 relu, 5 maxpool,
+            6 conv3 (384), 7 relu, 8 conv3 (256), 9 relu, 10 conv3 (256), 11 relu, 12 maxpool
+  avgpool:  adaptive 6x6, flatten in C,H,W order (as torch, so fc weights need only a transpose)
+  classifier: 0 dropout, 1 linear (9216 -> 4096), 2 relu, 3 dropout, 4 linear, 5 relu,
+              6 linear (-> num_classes)
+
+``alexnet_bn`` (``batch_norm=True``; the "AlexNet with BN inserted" used by pretext-task and
+InsDis papers for faster convergence, fc layers as in gidariss' RotNet)::
+
+  features: conv, bn, relu [, maxpool] per conv -> convs at 0, 4, 8, 11, 14; BN at +1
+  classifier: 0 linear (no bias), 1 bn1d, 2 relu, 3 linear (no bias), 4 bn1d, 5 relu, 6 linear
+  (no dropout)
+
+Named activations (``sow``): ``conv1`` ... ``conv5`` (post-ReLU, before any max-pool; conv5 is
+13x13 at 224 px), ``pool5`` (after the last max-pool and the adaptive pool, [N, 6, 6, C]),
+``fc6``, ``fc7`` (post-ReLU, [N, fc_dim]).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssl_jax.models.pooling import adaptive_avg_pool
+from ssl_jax.models.resnet import scaled_width
+
+# (out channels, kernel, stride, padding, max-pool after)
+_CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
+          (256, 3, 1, 1, False), (256, 3, 1, 1, True))
+
+LAYER_NAMES = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7"]
+
+
+class AlexNet(nn.Module):
+    """AlexNet on NHWC float input (at least 63 px so conv5's max-pool has an input).
+
+    Attributes:
+      batch_norm: the BN variant (``alexnet_bn``) instead of torchvision's.
+      num_classes: None returns fc7 features [N, fc_dim]; else logits from ``classifier_6``.
+      width: multiplies every conv width.
+      fc_dim: width of fc6/fc7 (4096 in torchvision; smaller for tests / small data).
+      dropout_rate: torchvision's dropout before fc6/fc7 (unused by the BN variant); in training
+        it needs ``rngs={"dropout": key}``.
+      dtype: computation dtype; params stay float32, the output is float32.
+    """
+    batch_norm: bool = False
+    num_classes: int | None = None
+    width: float = 1.0
+    fc_dim: int = 4096
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"width={self.width!r} must be > 0")
+        super().__post_init__()
+
+    @property
+    def num_features(self) -> int:
+        """Width of the returned features (fc7): fc_dim."""
+        return self.fc_dim
+
+    def _bn(self, train: bool, name: str) -> nn.BatchNorm:
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            dtype=self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        """x: [N, H, W, 3] -> [N, fc_dim] fc7 features, or [N, num_classes] logits."""
+        x = x.astype(self.dtype)
+        idx = 0  # torch Sequential index of the next layer
+        for i, (ch, k, s, p, pool) in enumerate(_CONVS):
+            x = nn.Conv(scaled_width(ch, self.width), (k, k), (s, s), padding=((p, p), (p, p)),
+                        dtype=self.dtype, name=f"features_{idx}")(x)
+            idx += 1
+            if self.batch_norm:
+                x = self._bn(train, f"features_{idx}")(x)
+                idx += 1
+            x = nn.relu(x)
+            idx += 1
+            self.sow("intermediates", f"conv{i + 1}", x)
+            if pool:
+                x = nn.max_pool(x, (3, 3), (2, 2))
+                idx += 1
+        x = adaptive_avg_pool(x, (6, 6))
+        self.sow("intermediates", "pool5", x)
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's C,H,W flatten
+
+        if self.batch_norm:
+            for i, name in ((0, "fc6"), (3, "fc7")):
+                x = nn.Dense(self.fc_dim, use_bias=False, dtype=self.dtype,
+                             name=f"classifier_{i}")(x)
+                x = nn.relu(self._bn(train, f"classifier_{i + 1}")(x))
+                self.sow("intermediates", name, x)
+        else:
+            for i, name in ((1, "fc6"), (4, "fc7")):
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"classifier_{i}")(x))
+                self.sow("intermediates", name, x)
+        if self.num_classes is not None:
+            x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,102 @@
+"""Heads on top of pooled backbone features x: [N, D] -> [N, out_dim].
+
+All take ``train`` (BatchNorm uses batch statistics when True, running averages when False;
+momentum 0.9 / epsilon 1e-5, i.e. torch's defaults and SimCLR/BYOL's values) and return float32
+whatever the computation ``dtype``; params stay float32. Submodule names
+(``dense_0``, ``bn_0``, ...) are stable so head weights can be converted or inspected.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def _bn(train: bool, dtype: Any, name: str, use_bias: bool = True) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        use_bias=use_bias, dtype=dtype, name=name)
+
+
+class ProjectionMLP(nn.Module):
+    """SimCLR v1 projection head: Dense(hidden) -> ReLU -> Dense(out_dim).
+
+    Attributes:
+      hidden_dim: None = the input width (SimCLR: 2048 for a ResNet-50).
+      out_dim: projection width (128 in SimCLR).
+    """
+    hidden_dim: int | None = None
+    out_dim: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        del train  # no BN or dropout; kept for a uniform head signature
+        hidden = self.hidden_dim or x.shape[-1]
+        x = nn.relu(nn.Dense(hidden, dtype=self.dtype, name="dense_0")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x).astype(jnp.float32)
+
+
+class ProjectionMLPv2(nn.Module):
+    """SimCLR v2 projection head (google-research/simclr tf2/model.py ProjectionHead).
+
+    ``num_layers`` Dense layers without bias, each followed by BatchNorm; ReLU between layers.
+    The last BN has no bias (centre) term, as in the reference (``center=use_bias=False``).
+
+    Attributes:
+      hidden_dim: None = the input width.
+      out_dim: projection width (128).
+      num_layers: 3 in SimCLR v2.
+    """
+    hidden_dim: int | None = None
+    out_dim: int = 128
+    num_layers: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers} must be >= 1")
+        hidden = self.hidden_dim or x.shape[-1]
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = nn.Dense(self.out_dim if last else hidden, use_bias=False, dtype=self.dtype,
+                         name=f"dense_{i}")(x)
+            x = _bn(train, self.dtype, f"bn_{i}", use_bias=not last)(x)
+            if not last:
+                x = nn.relu(x)
+        return x.astype(jnp.float32)
+
+
+class Predictor(nn.Module):
+    """BYOL MLP: Dense(hidden, bias) -> BN -> ReLU -> Dense(out_dim, bias).
+
+    BYOL uses this block for both the projector and the predictor (hidden 4096, out 256).
+    """
+    hidden_dim: int = 4096
+    out_dim: int = 256
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="dense_0")(x)
+        x = nn.relu(_bn(train, self.dtype, "bn_0")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x).astype(jnp.float32)
+
+
+class LinearClassifier(nn.Module):
+    """Linear probe: [N, D] -> [N, num_classes] logits.
+
+    Initialised as MoCo's main_lincls (weights N(0, 0.01), zero bias). ``normalize`` adds a
+    parameter-free BatchNorm in front (MAE-style feature standardisation).
+    """
+    num_classes: int
+    normalize: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if self.normalize:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             use_scale=False, use_bias=False, dtype=self.dtype, name="bn")(x)
+        x = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                     dtype=self.dtype, name="dense")(x)
+        return x.astype(jnp.float32)
