@@ -269,3 +269,16 @@ def test_robustness_curve_confusion_and_plots(tmp_path):
     for p in (path, cm_path):
         pix = mpimg.imread(str(p))
         assert pix.shape[0] > 100 and pix[..., :3].std() > 0.05  # a real, non-blank figure
+
+
+def test_human_condition_strings_map_to_levels():
+    assert D.human_condition_level("contrast", "c05") == 0.05
+    assert D.human_condition_level("contrast", "c100") == 1.0
+    assert D.human_condition_level("eidolon_II", "16-3-10") == 16.0
+    assert math.isinf(D.human_condition_level("high_pass", "inf"))
+    assert D.human_condition_level("colour", "bw") == "greyscale"
+    assert D.human_condition_level("power_equalisation", "pow") == "equalised"
+    assert D.human_condition_level("rotation", "270") == 270
+    assert D.human_condition_level("uniform_noise", "0.35") == 0.35
+    with pytest.raises(ValueError, match="not one of"):
+        D.human_condition_level("low_pass", "2")

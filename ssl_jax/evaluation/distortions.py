@@ -53,6 +53,35 @@ HUMAN_EXPERIMENT_NAMES = {
     "rotation": "rotation", "eidolonI": "eidolon_I", "eidolonII": "eidolon_II",
     "eidolonIII": "eidolon_III", "uniform-noise": "uniform_noise",
 }
+_HUMAN_NAMED_LEVELS = {
+    "colour": {"cr": "colour", "bw": "greyscale"},
+    "power_equalisation": {"0": "original", "pow": "equalised"},
+    "false_colour": {"true": "true", "false": "false"},
+}
+
+
+def human_condition_level(family: str, condition: str):
+    """Level in DISTORTION_LEVELS[family] of a human raw-data ``condition`` string.
+
+    E.g. contrast 'c05' -> 0.05, eidolon 'R-C-G' (reach, 10 x coherence, grain) -> R,
+    high_pass 'inf' -> inf, colour 'bw' -> 'greyscale'.
+    """
+    if family not in DISTORTION_LEVELS:
+        raise ValueError(f"unknown distortion {family!r}; choose from {sorted(DISTORTION_LEVELS)}")
+    if family in _HUMAN_NAMED_LEVELS:
+        level = _HUMAN_NAMED_LEVELS[family].get(condition)
+    elif family == "contrast":
+        level = float(condition.lstrip("c")) / 100.0
+    elif family.startswith("eidolon"):
+        level = float(condition.split("-")[0])
+    elif family == "rotation":
+        level = int(condition)
+    else:
+        level = float(condition)
+    if level not in DISTORTION_LEVELS[family]:
+        raise ValueError(f"condition {condition!r} of {family!r} maps to {level!r}, not one of "
+                         f"{DISTORTION_LEVELS[family]}")
+    return level
 
 
 def _check_image(image: jax.Array) -> None:
