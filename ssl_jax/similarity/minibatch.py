@@ -33,6 +33,8 @@ class MinibatchCKAState(NamedTuple):
     self_x: jax.Array   # [L1] sum over batches of HSIC_1(K_i, K_i)
     self_y: jax.Array   # [L2]
     finite: jax.Array   # bool scalar: every activation seen so far was finite
+    varied_x: jax.Array  # [L1] bool: layer i was non-constant in at least one batch
+    varied_y: jax.Array  # [L2]
     n_batches: jax.Array  # int32 scalar
 
 
@@ -41,6 +43,7 @@ def minibatch_cka_init(n_layers_x: int, n_layers_y: int) -> MinibatchCKAState:
     dt = nm.compute_dtype()
     return MinibatchCKAState(jnp.zeros((n_layers_x, n_layers_y), dt), jnp.zeros((n_layers_x,), dt),
                              jnp.zeros((n_layers_y,), dt), jnp.asarray(True),
+                             jnp.zeros((n_layers_x,), bool), jnp.zeros((n_layers_y,), bool),
                              jnp.asarray(0, jnp.int32))
 
 
@@ -66,30 +69,35 @@ def _check_batch(layers: list, name: str) -> int:
     return b
 
 
-def _stacked_u_grams(layers, spec) -> jax.Array:
-    """[L, b * b]: the U-centred linear Gram of every layer, flattened."""
-    grams = []
+def _stacked_u_grams(layers, spec) -> tuple[jax.Array, jax.Array]:
+    """([L, b * b] U-centred linear Gram of every layer, flattened; [L] bool non-constant)."""
+    grams, varied = [], []
     for a in layers:
         a = a.astype(nm.compute_dtype())
-        g = u_centre(nm.mm(a, a.T))
+        # U-centring ignores feature means anyway; removing them first keeps Gram entries small
+        # (less cancellation) and lets a constant layer be told apart from rounding noise.
+        ac = nm.centre(a)
+        varied.append(jnp.linalg.norm(ac) > 64 * jnp.finfo(a.dtype).eps * jnp.linalg.norm(a))
+        g = u_centre(nm.mm(ac, ac.T))
         if spec is not None:  # keep each device's rows of the Gram local; no all-gather of G
             g = jax.lax.with_sharding_constraint(g, spec)
         grams.append(g.reshape(-1))
-    return jnp.stack(grams)
+    return jnp.stack(grams), jnp.stack(varied)
 
 
 @functools.partial(jax.jit, static_argnames=("same_model", "spec"))
 def _update(state: MinibatchCKAState, xs, ys, same_model: bool, spec):
     b = xs[0].shape[0]
     scale = 1.0 / (b * (b - 3.0))
-    gx = _stacked_u_grams(xs, spec)
-    gy = gx if same_model else _stacked_u_grams(ys, spec)
+    gx, varied_x = _stacked_u_grams(xs, spec)
+    gy, varied_y = (gx, varied_x) if same_model else _stacked_u_grams(ys, spec)
     cross = nm.mm(gx, gy.T) * scale  # the single GEMM that serves all L1 x L2 pairs
     self_x = jnp.sum(gx * gx, axis=1) * scale
     self_y = self_x if same_model else jnp.sum(gy * gy, axis=1) * scale
     finite = state.finite & jnp.all(jnp.stack([nm.finite(a) for a in list(xs) + list(ys)]))
     return MinibatchCKAState(state.cross + cross, state.self_x + self_x, state.self_y + self_y,
-                             finite, state.n_batches + 1)
+                             finite, state.varied_x | varied_x, state.varied_y | varied_y,
+                             state.n_batches + 1)
 
 
 def minibatch_cka_update(state: MinibatchCKAState, acts_x: Layers, acts_y: Optional[Layers] = None,
@@ -123,14 +131,20 @@ def minibatch_cka_result(state: MinibatchCKAState) -> np.ndarray:
     """[L1, L2] CKA from the accumulated sums (host numpy). Raises ValueError on bad values."""
     if int(state.n_batches) == 0:
         raise ValueError("no minibatches were accumulated")
-    cross, sx, sy, finite = jax.device_get((state.cross, state.self_x, state.self_y, state.finite))
+    cross, sx, sy, finite, vx, vy = jax.device_get((state.cross, state.self_x, state.self_y,
+                                                    state.finite, state.varied_x, state.varied_y))
     if not finite:
         raise ValueError("NaN or inf activations were seen in at least one minibatch")
+    for name, varied in (("x", vx), ("y", vy)):
+        bad = np.flatnonzero(~varied)
+        if bad.size:
+            raise ValueError(f"layers {bad.tolist()} of {name} are constant over every minibatch; "
+                             "CKA is undefined")
     for name, s in (("x", sx), ("y", sy)):
         bad = np.flatnonzero(~(s > 0))
         if bad.size:
             raise ValueError(f"layers {bad.tolist()} of {name} have a summed self-HSIC_1 <= 0 "
-                             "(constant activations, or too few examples)")
+                             "(too few examples per batch for the unbiased estimator)")
     return cross / (np.sqrt(sx)[:, None] * np.sqrt(sy)[None, :])
 
 
