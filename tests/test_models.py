@@ -1,0 +1,295 @@
+"""ssl_jax.models: registry, shapes/widths, padding semantics, sown names, heads.
+
+Numerical parity of whole backbones with torch lives in test_convert_torchvision.py; here the
+references are numpy/torch one-liners and shape arithmetic. Variables are filled from numpy
+through ``jax.eval_shape`` (random init is slow to compile on CPU and is not what is tested).
+"""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_jax import models
+from ssl_jax.models import (LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2,
+                            get_model, layer_names)
+
+KEY = jax.random.key(0)
+
+
+def _abstract(module: nn.Module, x, **kwargs):
+    return jax.eval_shape(functools.partial(module.init, train=False, **kwargs), KEY, x)
+
+
+def _random_variables(module: nn.Module, x, seed: int = 0):
+    """Variables with random weights and non-trivial BN statistics, as numpy float32."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "var":
+            v = rng.uniform(0.5, 1.5, leaf.shape)
+        elif name in ("scale",):
+            v = rng.uniform(0.5, 1.5, leaf.shape)
+        elif name == "kernel":
+            v = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+        else:  # bias, mean
+            v = 0.1 * rng.normal(size=leaf.shape)
+        return v.astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, _abstract(module, x))
+
+
+def _n_params(name: str, **kwargs) -> int:
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    params = _abstract(get_model(name, **kwargs), x)["params"]
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name,count", [("resnet18", 11_689_512), ("resnet50", 25_557_032),
+                                        ("alexnet", 61_100_840), ("vgg16_bn", 138_365_992)])
+def test_parameter_counts_equal_torchvision(name, count):
+    assert _n_params(name, num_classes=1000) == count
+
+
+def test_registry_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'; valid names: resnet18, "):
+        get_model("resnet19")
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        layer_names("vit")
+    with pytest.raises(ValueError, match=r"unknown kwargs \['depth'\] for vgg16; valid: "):
+        get_model("vgg16", depth=3)
+    with pytest.raises(ValueError, match=r"padding='valid'; valid choices: \('torch', 'same'\)"):
+        get_model("resnet18", padding="valid")
+    with pytest.raises(ValueError, match="width=0 must be > 0"):
+        get_model("resnet50", width=0)
+    with pytest.raises(ValueError, match="cifar_stem=True is not supported by alexnet"):
+        get_model("alexnet", cifar_stem=True)
+    # ResNet-only options at their defaults are accepted by every backbone.
+    assert get_model("vgg16_bn", cifar_stem=False, padding="torch").batch_norm
+
+
+def test_width_multiplies_every_conv_including_the_stem():
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    for width, stem in ((1.0, 64), (2.0, 128), (0.25, 16)):
+        model = get_model("resnet50", width=width)
+        params = _abstract(model, x)["params"]
+        assert params["conv1"]["kernel"].shape == (7, 7, 3, stem)
+        assert params["layer1_0"]["conv1"]["kernel"].shape == (1, 1, stem, stem)
+        assert params["layer4_2"]["conv3"]["kernel"].shape == (1, 1, 8 * stem, 32 * stem)
+        assert model.num_features == 32 * stem
+        out = jax.eval_shape(functools.partial(model.apply, train=False),
+                             _abstract(model, x), x)
+        assert out.shape == (2, model.num_features) and out.dtype == jnp.float32
+    # SimCLR's ResNet-50 (2x) backbone: "94M" in the paper; 93,907,072 counted on the
+    # hand-written torchvision-layout torch model of test_convert_torchvision.py.
+    assert _n_params("resnet50", width=2.0) == 93_907_072
+    params = _abstract(get_model("alexnet", width=0.5, fc_dim=64), jax.ShapeDtypeStruct(
+        (1, 64, 64, 3), jnp.float32))["params"]
+    assert params["features_0"]["kernel"].shape == (11, 11, 3, 32)
+    assert params["classifier_1"]["kernel"].shape == (128 * 36, 64)  # C*6*6 flatten
+
+
+def _sown_shapes(model: nn.Module, x, before_apply=lambda: None) -> dict:
+    variables = _abstract(model, x)
+    before_apply()
+    _, state = jax.eval_shape(functools.partial(model.apply, train=False,
+                                                mutable=["intermediates"]), variables, x)
+    return {k: v[0].shape for k, v in state["intermediates"].items()}
+
+
+def test_cifar_stem_keeps_resolution():
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    cifar = _sown_shapes(get_model("resnet18", width=0.25, cifar_stem=True), x)
+    assert cifar["stem"] == (2, 32, 32, 16) and cifar["layer4"] == (2, 4, 4, 128)
+    imagenet = _sown_shapes(get_model("resnet18", width=0.25), x)
+    assert imagenet["stem"] == (2, 8, 8, 16) and imagenet["layer4"] == (2, 1, 1, 128)
+    params = _abstract(get_model("resnet18", cifar_stem=True), x)["params"]
+    assert params["conv1"]["kernel"].shape == (3, 3, 3, 64)
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("resnet101", 64), ("alexnet_bn", 67),
+                                       ("vgg16", 32)])
+def test_sown_names_follow_layer_names_in_forward_order(name, size, monkeypatch):
+    order = []
+    original = nn.Module.sow
+
+    def recording_sow(self, col, sow_name, value, *args, **kwargs):
+        if col == "intermediates":
+            order.append(sow_name)
+        return original(self, col, sow_name, value, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "sow", recording_sow)
+    model = get_model(name, width=0.125, **({} if name.startswith("resnet") else {"fc_dim": 8}))
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    shapes = _sown_shapes(model, x, before_apply=order.clear)  # init sows too
+    assert order == layer_names(name)
+    assert set(shapes) == set(order)
+    if name == "resnet101":
+        assert len([n for n in order if n.startswith("layer3.")]) == 23
+        assert shapes["layer3"] == shapes["layer3.22"] == (2, 4, 4, 128)
+        assert shapes["pool"] == (2, model.num_features)
+    if name == "alexnet_bn":
+        assert shapes["conv5"] == (2, 3, 3, 32) and shapes["pool5"] == (2, 6, 6, 32)
+        assert shapes["fc7"] == (2, 8)
+    if name == "vgg16":
+        assert shapes["conv5"] == shapes["conv5_3"] == (2, 2, 2, 64)
+
+
+def test_same_padding_is_tf_same_and_differs_from_torch():
+    """Stem conv 7x7/2 + max-pool 3x3/2 on an even input (64 px).
+
+    SAME pads (2, 3) for the conv and (0, 1) for the pool, torch pads (3, 3) and (1, 1).
+    """
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    torch_model = get_model("resnet18", width=0.125)
+    same_model = get_model("resnet18", width=0.125, padding="same")
+    variables = _random_variables(torch_model, x, seed=1)
+
+    def stem(model):
+        _, state = jax.jit(functools.partial(model.apply, train=False,
+                                             mutable=["intermediates"]))(variables, x)
+        return np.asarray(state["intermediates"]["stem"][0]).transpose(0, 3, 1, 2)
+
+    def reference(conv_pad, pool_pad):
+        w = torch.from_numpy(np.asarray(variables["params"]["conv1"]["kernel"])
+                             .transpose(3, 2, 0, 1))
+        bn = {k: torch.from_numpy(np.asarray(v)) for k, v in
+              {**variables["params"]["bn1"], **variables["batch_stats"]["bn1"]}.items()}
+        y = F.conv2d(F.pad(torch.from_numpy(x.transpose(0, 3, 1, 2)), conv_pad), w, stride=2)
+        y = F.batch_norm(y, bn["mean"], bn["var"], bn["scale"], bn["bias"], eps=1e-5)
+        y = F.pad(F.relu(y), pool_pad, value=-float("inf"))
+        return F.max_pool2d(y, 3, 2).numpy()
+
+    same_ref = reference((2, 3, 2, 3), (0, 1, 0, 1))
+    torch_ref = reference((3, 3, 3, 3), (1, 1, 1, 1))
+    same_out, torch_out = stem(same_model), stem(torch_model)
+    assert same_out.shape == torch_out.shape == (2, 8, 16, 16)
+    np.testing.assert_allclose(same_out, same_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(torch_out, torch_ref, rtol=1e-4, atol=1e-4)
+    assert np.abs(same_out - torch_out).max() > 0.1
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params_and_output():
+    model = get_model("resnet18", width=0.25, num_classes=3, dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = _abstract(model, x)
+    assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    out, state = jax.eval_shape(functools.partial(model.apply, train=False,
+                                                  mutable=["intermediates"]), variables, x)
+    assert out.dtype == jnp.float32
+    assert state["intermediates"]["layer2"][0].dtype == jnp.bfloat16
+
+
+def test_dropout_needs_an_rng_in_training_only():
+    model = get_model("alexnet", width=0.125, fc_dim=16)
+    x = np.random.default_rng(0).normal(size=(2, 63, 63, 3)).astype(np.float32)
+    variables = _random_variables(model, x)
+    evaluated = model.apply(variables, x, train=False)
+    with pytest.raises(Exception, match="dropout"):
+        model.apply(variables, x, train=True)
+    trained = model.apply(variables, x, train=True, rngs={"dropout": KEY})
+    assert not np.allclose(trained, evaluated)
+    # AlexNet has no BN, so with the dropout rate at 0 training is the eval forward.
+    no_dropout = get_model("alexnet", width=0.125, fc_dim=16, dropout_rate=0.0)
+    np.testing.assert_allclose(no_dropout.apply(variables, x, train=True), evaluated, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- heads
+
+
+def _np_bn(h, mean, var, scale=None, bias=None):
+    y = (h - mean) / np.sqrt(var + 1e-5)
+    return y * (1 if scale is None else scale) + (0 if bias is None else bias)
+
+
+def test_projection_mlp_v1_matches_numpy():
+    x = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+    head = ProjectionMLP()
+    v = _random_variables(head, x)
+    p = v["params"]
+    assert p["dense_0"]["kernel"].shape == (12, 12) and p["dense_1"]["kernel"].shape == (12, 128)
+    h = np.maximum(x @ p["dense_0"]["kernel"] + p["dense_0"]["bias"], 0)
+    ref = h @ p["dense_1"]["kernel"] + p["dense_1"]["bias"]
+    np.testing.assert_allclose(head.apply(v, x, train=True), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_projection_mlp_v2_matches_numpy(train):
+    x = np.random.default_rng(2).normal(size=(6, 10)).astype(np.float32)
+    head = ProjectionMLPv2(hidden_dim=7, out_dim=4)
+    v = _random_variables(head, x, seed=3)
+    p, s = v["params"], v["batch_stats"]
+    assert "bias" not in p["bn_2"] and all("bias" not in p[f"dense_{i}"] for i in range(3))
+    h = x
+    for i in range(3):
+        h = h @ p[f"dense_{i}"]["kernel"]
+        mean, var = (h.mean(0), h.var(0)) if train else (s[f"bn_{i}"]["mean"],
+                                                         s[f"bn_{i}"]["var"])
+        h = _np_bn(h, mean, var, p[f"bn_{i}"]["scale"], p[f"bn_{i}"].get("bias"))
+        h = np.maximum(h, 0) if i < 2 else h
+    out, _ = head.apply(v, x, train=train, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-4)
+
+
+def test_byol_predictor_matches_torch_train_mode():
+    x = np.random.default_rng(4).normal(size=(8, 6)).astype(np.float32)
+    head = Predictor(hidden_dim=9, out_dim=5)
+    v = _random_variables(head, x, seed=5)
+    p, s = v["params"], v["batch_stats"]
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.BatchNorm1d(9), torch.nn.ReLU(),
+                              torch.nn.Linear(9, 5))
+    t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+    with torch.no_grad():
+        ref[0].weight.copy_(t(p["dense_0"]["kernel"]).T)
+        ref[0].bias.copy_(t(p["dense_0"]["bias"]))
+        ref[1].weight.copy_(t(p["bn_0"]["scale"]))
+        ref[1].bias.copy_(t(p["bn_0"]["bias"]))
+        ref[1].running_mean.copy_(t(s["bn_0"]["mean"]))
+        ref[1].running_var.copy_(t(s["bn_0"]["var"]))
+        ref[3].weight.copy_(t(p["dense_1"]["kernel"]).T)
+        ref[3].bias.copy_(t(p["dense_1"]["bias"]))
+        expected = ref.train()(t(x)).numpy()
+    out, new = head.apply(v, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    # momentum 0.9 in flax == torch's 0.1: same running mean after one step.
+    np.testing.assert_allclose(new["batch_stats"]["bn_0"]["mean"], ref[1].running_mean.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert head.hidden_dim == 9 and Predictor().hidden_dim == 4096 and Predictor().out_dim == 256
+
+
+def test_linear_classifier_and_bf16_head():
+    x = np.random.default_rng(6).normal(size=(7, 5)).astype(np.float32) * 3 + 1
+    clf = LinearClassifier(num_classes=3, normalize=True)
+    v = _random_variables(clf, x)
+    assert "bn" not in v["params"]  # parameter-free standardisation
+    out, _ = clf.apply(v, x, train=True, mutable=["batch_stats"])
+    ref = _np_bn(x, x.mean(0), x.var(0)) @ v["params"]["dense"]["kernel"] + \
+        v["params"]["dense"]["bias"]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    plain = LinearClassifier(num_classes=3)
+    vp = {"params": {"dense": v["params"]["dense"]}}
+    np.testing.assert_allclose(plain.apply(vp, x, train=False),
+                               x @ vp["params"]["dense"]["kernel"] + vp["params"]["dense"]["bias"],
+                               rtol=1e-5, atol=1e-5)
+
+    fp32 = Predictor(hidden_dim=16, out_dim=4)
+    bf16 = Predictor(hidden_dim=16, out_dim=4, dtype=jnp.bfloat16)
+    vh = _random_variables(fp32, x)
+    out16, _ = bf16.apply(vh, x, train=True, mutable=["batch_stats"])
+    out32, _ = fp32.apply(vh, x, train=True, mutable=["batch_stats"])
+    assert out16.dtype == jnp.float32
+    assert np.abs(out16 - out32).max() <= 0.05 * np.abs(out32).max()
+    assert np.abs(out16 - out32).max() > 0  # really computed in bf16
+
+
+def test_models_module_exports():
+    assert models.MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                                  "alexnet", "alexnet_bn", "vgg16", "vgg16_bn")
+    assert layer_names("resnet18")[:4] == ["stem", "layer1.0", "layer1.1", "layer1"]
+    assert layer_names("alexnet") == ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5",
+                                      "fc6", "fc7"]
