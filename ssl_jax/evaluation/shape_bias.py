@@ -48,6 +48,13 @@ IMAGENET_16_CLASS_INDICES: dict[str, tuple[int, ...]] = {
 }
 
 
+# [1000, 16]: column c averages the probabilities of category c's ImageNet classes.
+_IMAGENET_16_AVERAGING = np.zeros((1000, len(HUMAN_CATEGORIES)), np.float32)
+for _c, _name in enumerate(HUMAN_CATEGORIES):
+    _IMAGENET_16_AVERAGING[list(IMAGENET_16_CLASS_INDICES[_name]), _c] = (
+        1.0 / len(IMAGENET_16_CLASS_INDICES[_name]))
+
+
 def imagenet_probabilities_to_16(probabilities: jax.Array) -> jax.Array:
     """16-class decisions from ImageNet-1k softmax probabilities [N, 1000] -> [N] ints.
 
@@ -56,8 +63,7 @@ def imagenet_probabilities_to_16(probabilities: jax.Array) -> jax.Array:
     """
     if probabilities.shape[-1] != 1000:
         raise ValueError(f"expected 1000 ImageNet probabilities, got shape {probabilities.shape}")
-    scores = jnp.stack([probabilities[..., jnp.asarray(IMAGENET_16_CLASS_INDICES[c])].mean(-1)
-                        for c in HUMAN_CATEGORIES], axis=-1)
+    scores = probabilities @ jnp.asarray(_IMAGENET_16_AVERAGING, probabilities.dtype)
     return jnp.argmax(scores, axis=-1)
 
 
