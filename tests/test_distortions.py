@@ -180,6 +180,10 @@ def test_false_colour_keeps_luminance_and_is_an_involution():
     np.testing.assert_allclose(dkl_out[..., 1:], -dkl[..., 1:], atol=1e-4)  # both chromatic
     back = np.asarray(D.false_colour(jnp.asarray(out)))
     np.testing.assert_allclose(back, img, atol=1e-5)
+    # With a power-law gamma the map is still its own inverse (no clipping here).
+    g_out = D.false_colour(jnp.asarray(img), gamma=2.2)
+    np.testing.assert_allclose(np.asarray(D.false_colour(g_out, gamma=2.2)), img, atol=1e-4)
+    assert not np.allclose(np.asarray(g_out), out, atol=1e-3)
     grey = np.full((1, 1, 3), 0.5, np.float32)
     np.testing.assert_allclose(np.asarray(D.false_colour(jnp.asarray(grey))), grey, atol=1e-6)
     sat = np.asarray(D.false_colour(jnp.asarray(_smooth_image(12, 8, 8))))
@@ -197,6 +201,21 @@ def test_eidolon_reach_zero_is_the_finest_scale_space_layer():
     v = np.fft.fftfreq(64, 1 / 64)
     ref = ref * (np.exp(-v**2 / (2 * sigma**2)).sum() / (math.sqrt(2 * math.pi) * sigma)) ** 2
     np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-4)
+
+
+def test_eidolon_uniform_displacement_translates_the_image(monkeypatch):
+    # With every slice displaced by the same field, the slices (which sum to L_0) move
+    # together: the eidolon is L_0 read `reach` pixels further down and to the right.
+    img = _smooth_image(16, 32, 32)
+    monkeypatch.setattr(D, "eidolon_displacements",
+                        lambda key, shape, sigmas, *a: jnp.ones((len(sigmas),) + shape))
+    out = np.asarray(D.eidolon(jnp.asarray(img), 3.0, 1.0, 10.0, KEY))[..., 0]
+    sigma = 1 / math.sqrt(2)
+    fat = np.pad(_grey(img), 16, mode="symmetric")
+    l0 = ndi.gaussian_filter(fat, sigma, mode="wrap", truncate=8.0)
+    v = np.fft.fftfreq(64, 1 / 64)
+    l0 = l0 * (np.exp(-v**2 / (2 * sigma**2)).sum() / (math.sqrt(2 * math.pi) * sigma)) ** 2
+    np.testing.assert_allclose(out, np.clip(l0[19:51, 19:51], 0, 1), atol=1e-4)
 
 
 def test_eidolon_disarray_grows_with_reach_and_is_reproducible():

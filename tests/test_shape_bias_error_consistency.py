@@ -168,6 +168,24 @@ def test_loader_matches_trials_by_image_not_by_order(tmp_path):
         E.load_human_trials(str(tmp_path), "missing")
 
 
+def test_model_decisions_compare_with_human_trials(tmp_path):
+    os.makedirs(tmp_path / "toy")
+    stims = [f"cat_00_cat{i}-dog1.png" for i in range(6)]
+    human = [("cat", "cat"), ("dog", "cat"), ("cat", "cat"), ("dog", "cat"), ("cat", "cat"),
+             ("cat", "cat")]
+    _write_csv(tmp_path / "toy" / "a.csv", "subject-01",
+               [(r, c, "0", st) for (r, c), st in zip(human, stims)])
+    observers = E.load_human_trials(str(tmp_path), "toy")
+    keys = ["0_" + st for st in stims][::-1]  # model evaluated in another order
+    model = ["cat", "dog", "dog", "cat", "cat", "cat"][::-1]
+    observers["model"] = E.observer_from_decisions(keys, model, ["cat"] * 6)
+    _, corr = E.align_trials(observers)
+    expected = cohen_kappa_score([1, 0, 1, 0, 1, 1], [1, 1, 0, 0, 1, 1])
+    assert E.error_consistency(corr["subject-01"], corr["model"]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="duplicates"):
+        E.observer_from_decisions(["a", "a"], ["cat", "cat"], ["cat", "cat"])
+
+
 def test_plot_error_consistency_writes_a_figure(tmp_path):
     import matplotlib.image as mpimg
 

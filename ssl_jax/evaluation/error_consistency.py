@@ -154,6 +154,26 @@ def align_trials(observers: Mapping[str, Mapping[str, dict]],
     return list(keys), correct
 
 
+def observer_from_decisions(image_keys: Sequence[str], responses: Sequence[str],
+                            categories: Sequence[str],
+                            conditions: Sequence[str] | None = None) -> dict[str, dict]:
+    """Put a model's decisions in the loader's per-observer format, to compare with humans.
+
+    image_keys: [N] stimulus ids (``image_key`` of the human CSV names, or any ids shared with
+    the other observers); responses / categories: [N] class names (decision, ground truth).
+    Returns {image_key: {'response', 'category', 'condition'}}.
+    """
+    n = len(image_keys)
+    conditions = ["0"] * n if conditions is None else list(conditions)
+    if not len(responses) == len(categories) == len(conditions) == n:
+        raise ValueError(f"lengths differ: {n} keys, {len(responses)} responses, "
+                         f"{len(categories)} categories, {len(conditions)} conditions")
+    if len(set(image_keys)) != n:
+        raise ValueError("image_keys contains duplicates")
+    return {k: {"response": r, "category": c, "condition": str(cond)}
+            for k, r, c, cond in zip(image_keys, responses, categories, conditions)}
+
+
 def pairwise_consistency(observers: Mapping[str, Mapping[str, dict]],
                          condition: str | None = None) -> dict[tuple[str, str], float]:
     """Kappa for every pair of observers over the images both saw (optionally one condition).
