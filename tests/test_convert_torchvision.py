@@ -8,6 +8,8 @@ import functools
 
 import numpy as np
 import pytest
+import skimage.data
+import skimage.transform
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -233,7 +235,11 @@ def _rel_err(flax_out, torch_out) -> float:
 
 
 def _images(n: int, size: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
+    """[n, size, size, 3]: a natural photo (ImageNet-normalised astronaut), then noise."""
+    photo = skimage.transform.resize(skimage.data.astronaut(), (size, size), anti_aliasing=True)
+    photo = (photo - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    noise = np.random.default_rng(seed).normal(size=(n - 1, size, size, 3))
+    return np.concatenate([photo[None], noise]).astype(np.float32)
 
 
 def _check_parity(name, torch_model, size, **kwargs):
@@ -270,18 +276,30 @@ def test_resnet_cifar_stem_matches_torch():
                                           cifar_stem=True), 17, width=0.25, cifar_stem=True)
 
 
-@pytest.mark.parametrize("name,bn", [("alexnet", False), ("alexnet_bn", True)])
-def test_alexnet_matches_torch(name, bn):
-    # 67 px: conv1 gives 15x15 and pool5 1x1, so the adaptive 6x6 pool replicates.
-    _check_parity(name, TorchAlexNet(10, width=0.25, fc_dim=32, bn=bn), 67,
+@pytest.mark.parametrize("name,bn,size", [("alexnet", False, 67), ("alexnet_bn", True, 224)])
+def test_alexnet_matches_torch(name, bn, size):
+    # 67 px: conv1 gives 15x15 and pool5 1x1, so the adaptive 6x6 pool replicates;
+    # 224 px: pool5 is exactly 6x6 (adaptive pool is the identity).
+    _check_parity(name, TorchAlexNet(10, width=0.25, fc_dim=32, bn=bn), size,
                   num_classes=10, width=0.25, fc_dim=32)
 
 
-@pytest.mark.parametrize("name,bn,size", [("vgg16_bn", True, 65), ("vgg16", False, 48)])
+@pytest.mark.parametrize("name,bn,size", [("vgg16_bn", True, 65), ("vgg16", False, 224)])
 def test_vgg16_matches_torch(name, bn, size):
     # 65 px: floor pooling down to 2x2, then the adaptive pool maps 2 -> 7 with repeats.
     _check_parity(name, TorchVGG16(None, width=0.125, fc_dim=32, bn=bn), size,
                   width=0.125, fc_dim=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "alexnet", "vgg16_bn"])
+def test_full_size_models_match_torch_at_224(name):
+    """Width 1, 1000 classes, 224 px (run with -m slow; ~1 GB of weights for vgg16_bn)."""
+    torch_model = {"resnet50": lambda: TorchResNet(TorchBottleneck, [3, 4, 6, 3], 1000),
+                   "resnet101": lambda: TorchResNet(TorchBottleneck, [3, 4, 23, 3], 1000),
+                   "alexnet": lambda: TorchAlexNet(1000),
+                   "vgg16_bn": lambda: TorchVGG16(1000, bn=True)}[name]()
+    _check_parity(name, torch_model, 224, num_classes=1000)
 
 
 def test_train_mode_batchnorm_matches_torch():

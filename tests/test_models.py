@@ -174,8 +174,9 @@ def test_same_padding_is_tf_same_and_differs_from_torch():
     assert np.abs(same_out - torch_out).max() > 0.1
 
 
-def test_bfloat16_computes_in_bf16_with_float32_params_and_output():
-    model = get_model("resnet18", width=0.25, num_classes=3, dtype=jnp.bfloat16)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, "bfloat16"])
+def test_bfloat16_computes_in_bf16_with_float32_params_and_output(dtype):
+    model = get_model("resnet18", width=0.25, num_classes=3, dtype=dtype)
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     variables = _abstract(model, x)
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
@@ -183,6 +184,20 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_output():
                                                   mutable=["intermediates"]), variables, x)
     assert out.dtype == jnp.float32
     assert state["intermediates"]["layer2"][0].dtype == jnp.bfloat16
+
+
+def test_every_layer_is_reachable_with_capture_intermediates():
+    """Beyond the sown stages, flax's capture_intermediates names every submodule output."""
+    model = get_model("resnet50", width=0.125)
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    _, state = jax.eval_shape(functools.partial(
+        model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]),
+        _abstract(model, x), x)
+    acts = state["intermediates"]
+    assert acts["layer2_0"]["conv2"]["__call__"][0].shape == (2, 8, 8, 16)  # stride on 3x3
+    assert acts["layer2_0"]["conv1"]["__call__"][0].shape == (2, 16, 16, 16)
+    assert acts["layer2_0"]["downsample_1"]["__call__"][0].shape == (2, 8, 8, 64)
+    assert acts["layer1"][0].shape == (2, 16, 16, 32)  # sown names sit beside them
 
 
 def test_dropout_needs_an_rng_in_training_only():
