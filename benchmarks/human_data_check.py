@@ -28,28 +28,6 @@ from ssl_jax.evaluation import error_consistency as E  # noqa: E402
 from ssl_jax.evaluation import shape_bias as S  # noqa: E402
 
 
-def human_robustness(root: str) -> dict:
-    """{family: {'levels', 'accuracy' (pooled), 'per_subject': {subj: [acc per level]}}}."""
-    out = {}
-    for experiment, family in D.HUMAN_EXPERIMENT_NAMES.items():
-        subjects = E.load_human_trials(root, experiment)
-        levels = list(D.DISTORTION_LEVELS[family])
-        hits = {lv: [] for lv in levels}
-        per_subject = {}
-        for subj, trials in subjects.items():
-            acc = {D.human_condition_level(family, c): a
-                   for c, a in E.accuracy_by_condition(trials).items()}
-            per_subject[subj] = [acc.get(lv, float("nan")) for lv in levels]
-            for t in trials.values():
-                hits[D.human_condition_level(family, t["condition"])].append(
-                    t["response"] == t["category"])
-        out[family] = {"levels": [str(lv) for lv in levels],
-                       "accuracy": [float(np.mean(hits[lv])) for lv in levels],
-                       "n_trials": [len(hits[lv]) for lv in levels],
-                       "per_subject": per_subject}
-    return out
-
-
 def plot_robustness_grid(robustness: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -61,7 +39,7 @@ def plot_robustness_grid(robustness: dict, path: str) -> None:
         for acc in r["per_subject"].values():
             ax.plot(x, acc, color="tab:red", alpha=0.25, linewidth=0.8)
         ax.plot(x, r["accuracy"], color="tab:red", marker="D", label="humans (pooled)")
-        ax.set_xticks(list(x), r["levels"], rotation=45, fontsize=7)
+        ax.set_xticks(list(x), [str(lv) for lv in r["levels"]], rotation=45, fontsize=7)
         ax.axhline(1 / 16, color="grey", linestyle=":", linewidth=0.8)
         ax.set_ylim(0, 1.02)
         ax.set_title(family, fontsize=9)
@@ -132,8 +110,9 @@ def main() -> None:
                       categories=S.HUMAN_CATEGORIES, title="humans: shape bias per category")
 
     # Robustness curves and the uniform-noise confusion matrices (002 Figs. 1 and 4).
-    robustness = human_robustness(args.data)
-    summary["robustness"] = {f: {"levels": r["levels"], "accuracy": r["accuracy"],
+    robustness = D.human_robustness_curves(args.data)
+    summary["robustness"] = {f: {"levels": [str(lv) for lv in r["levels"]],
+                                 "accuracy": r["accuracy"],
                                  "n_trials": r["n_trials"]} for f, r in robustness.items()}
     plot_robustness_grid(robustness, os.path.join(args.out, "human_robustness.png"))
 

@@ -1,5 +1,6 @@
 """Defining properties of the 002 distortions, against numpy / scipy / scikit-image references."""
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -302,3 +303,28 @@ def test_human_condition_strings_map_to_levels():
     assert D.human_condition_level("uniform_noise", "0.35") == 0.35
     with pytest.raises(ValueError, match="not one of"):
         D.human_condition_level("low_pass", "2")
+
+
+def test_human_robustness_curves_from_csvs(tmp_path):
+    import csv
+
+    os.makedirs(tmp_path / "contrast")
+    rows = {"subject-01": [("c100", "dog", "dog"), ("c100", "cat", "dog"), ("c05", "cat", "cat")],
+            "subject-02": [("c100", "dog", "dog"), ("c05", "knife", "cat")]}
+    for subj, trials in rows.items():
+        with open(tmp_path / "contrast" / f"{subj}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["subj", "Session", "trial", "rt", "object_response", "category",
+                        "condition", "imagename"])
+            for i, (cond, resp, cat) in enumerate(trials):
+                w.writerow([subj, 1, i, 0.5, resp, cat, cond,
+                            f"{i:04d}_cop_{subj[-3:]}_{cond}_{cat}_10_img{i}.png"])
+    curves = D.human_robustness_curves(str(tmp_path), families=["contrast"])
+    c = curves["contrast"]
+    assert c["levels"] == list(D.DISTORTION_LEVELS["contrast"])
+    assert c["accuracy"][0] == pytest.approx(2 / 3) and c["n_trials"][0] == 3
+    assert c["accuracy"][5] == pytest.approx(1 / 2)  # c05 is the sixth level
+    assert np.isnan(c["accuracy"][1])  # c50 not in this data
+    assert c["per_subject"]["subject-01"][0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown distortions"):
+        D.human_robustness_curves(str(tmp_path), families=["blur"])

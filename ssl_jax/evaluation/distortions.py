@@ -84,6 +84,44 @@ def human_condition_level(family: str, condition: str):
     return level
 
 
+def human_robustness_curves(root: str, families: Sequence[str] | None = None) -> dict:
+    """Human accuracy per level from the model-vs-human raw CSVs under ``root``.
+
+    Returns {family: {'levels', 'accuracy' (all subjects' trials pooled), 'n_trials',
+    'per_subject': {subject: [accuracy per level]}}}, levels in DISTORTION_LEVELS order, ready
+    to overlay on model curves with ``plot_robustness_curves``.
+    """
+    from ssl_jax.evaluation.error_consistency import load_human_trials
+
+    wanted = set(DISTORTION_LEVELS if families is None else families)
+    unknown = wanted - set(DISTORTION_LEVELS)
+    if unknown:
+        raise ValueError(f"unknown distortions {sorted(unknown)}; choose from "
+                         f"{sorted(DISTORTION_LEVELS)}")
+    out = {}
+    for experiment, family in HUMAN_EXPERIMENT_NAMES.items():
+        if family not in wanted:
+            continue
+        levels = list(DISTORTION_LEVELS[family])
+        hits: dict = {lv: [] for lv in levels}
+        per_subject = {}
+        for subject, trials in load_human_trials(root, experiment).items():
+            mine: dict = {lv: [] for lv in levels}
+            for t in trials.values():
+                ok = t["response"] == t["category"]
+                level = human_condition_level(family, t["condition"])
+                mine[level].append(ok)
+                hits[level].append(ok)
+            per_subject[subject] = [float(np.mean(v)) if v else float("nan")
+                                    for v in mine.values()]
+        out[family] = {"levels": levels,
+                       "accuracy": [float(np.mean(hits[lv])) if hits[lv] else float("nan")
+                                    for lv in levels],
+                       "n_trials": [len(hits[lv]) for lv in levels],
+                       "per_subject": per_subject}
+    return out
+
+
 def _check_image(image: jax.Array) -> None:
     if image.ndim < 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an RGB image [..., H, W, 3], got shape {image.shape}")
