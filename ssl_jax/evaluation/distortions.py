@@ -408,8 +408,11 @@ def eidolon(image: jax.Array, reach: float, coherence: float, grain: float,
     """
     _check_image(image)
     # reach and coherence may be traced (jit over levels without recompiling); grain may not.
-    concrete = [float(v) for v in (reach, coherence) if not isinstance(v, jax.core.Tracer)]
-    if (len(concrete) == 2 and (concrete[0] < 0 or not 0.0 <= concrete[1] <= 1.0)) or grain <= 0:
+    try:
+        bad = float(reach) < 0 or not 0.0 <= float(coherence) <= 1.0
+    except jax.errors.ConcretizationTypeError:
+        bad = False
+    if bad or grain <= 0:
         raise ValueError(f"eidolon needs reach >= 0, coherence in [0, 1], grain > 0; got "
                          f"reach={reach}, coherence={coherence}, grain={grain}")
     grey = greyscale_channel(image)
