@@ -1,0 +1,260 @@
+"""Tests of the built-in `shapes_textures` TFDS dataset (ssl_jax.data.builtin).
+
+The `tiny` config is built once per module into a temp dir and read back through TFDS;
+the other tests check properties of that data against independent numpy / sklearn /
+skimage computations.
+"""
+import dataclasses
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ssl_jax.data import builtin
+from ssl_jax.data import builtin_textures as tex
+
+K = len(builtin.SHAPE_NAMES)
+T = len(builtin.TEXTURE_NAMES)
+
+
+def _tiny_config() -> builtin.ShapesTexturesConfig:
+    return next(c for c in builtin.ShapesTextures.BUILDER_CONFIGS if c.name == "tiny")
+
+
+def _read_split(builder, split: str) -> dict[str, np.ndarray]:
+    ds = builder.as_dataset(split=split, batch_size=-1)
+    return {k: np.asarray(v) for k, v in tfds.as_numpy(ds).items()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(data_dir, builder, {split: arrays}) of `tiny` built through tfds.builder by name."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    builder = tfds.builder("shapes_textures/tiny", data_dir=data_dir)
+    builder.download_and_prepare()
+    return data_dir, builder, {s: _read_split(builder, s) for s in builtin.SPLITS}
+
+
+def test_builder_info_and_split_sizes(built):
+    _, builder, data = built
+    config = _tiny_config()
+    assert builder.info.supervised_keys == ("image", "label")
+    assert builder.info.features["label"].names == list(builtin.SHAPE_NAMES)
+    assert builder.info.features["texture_label"].names == list(builtin.TEXTURE_NAMES)
+    assert builder.info.features["background"].names == ["flat", "gradient", "noise", "natural"]
+    for split in builtin.SPLITS:
+        arrays = data[split]
+        n = config.split_size(split)
+        assert builder.info.splits[split].num_examples == n
+        assert arrays["image"].shape == (n, 32, 32, 3) and arrays["image"].dtype == np.uint8
+        assert arrays["mask"].shape == (n, 32, 32, 1) and arrays["mask"].dtype == np.uint8
+        assert set(np.unique(arrays["mask"])) == {0, 1}
+        assert arrays["label"].min() >= 0 and arrays["label"].max() < K
+        assert arrays["texture_label"].min() >= 0 and arrays["texture_label"].max() < T
+        assert arrays["background"].min() >= 0 and arrays["background"].max() < 4
+    supervised = builder.as_dataset(split="test", as_supervised=True).take(1)
+    (image, label), = tfds.as_numpy(supervised)
+    assert image.shape == (32, 32, 3) and 0 <= label < K
+
+
+def test_tfds_data_equals_generator_output(built):
+    """What TFDS stores (PNG, shuffled) decodes back to exactly the generated arrays."""
+    _, _, data = built
+    config = _tiny_config()
+    for split in ("train", "cue_conflict"):
+        chunks = [builtin.generate_chunk(config, split, c)
+                  for c in range(-(-config.split_size(split) // tex.CHUNK))]
+        gen = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        # Match examples by image bytes, since TFDS shuffles the order.
+        key = lambda d: np.argsort([x.tobytes() for x in d["image"]])  # noqa: E731
+        a, b = key(data[split]), key(gen)
+        for field in ("image", "mask", "label", "texture_label", "texture_class", "background"):
+            np.testing.assert_array_equal(data[split][field][a], gen[field][b], err_msg=field)
+        np.testing.assert_allclose(data[split]["bbox"][a], gen["bbox"][b], atol=1e-6)
+
+
+def test_rebuild_in_worker_processes_gives_identical_bytes(built, tmp_path, monkeypatch):
+    """A second build, by a pool of 2 spawned workers, writes the same record bytes."""
+    data_dir, _, _ = built
+    monkeypatch.setattr(builtin, "_MIN_CHUNKS_FOR_POOL", 1)  # tiny is below the default
+    config = dataclasses.replace(_tiny_config(), name="tiny_pool", num_workers=2)
+    builtin.ShapesTextures(config=config, data_dir=str(tmp_path)).download_and_prepare()
+    first = sorted(glob.glob(os.path.join(data_dir, "shapes_textures/tiny/*/*.tfrecord*")))
+    second = sorted(glob.glob(os.path.join(tmp_path, "shapes_textures/tiny_pool/*/*.tfrecord*")))
+    assert len(first) == len(second) >= 3
+    for f, s in zip(first, second):
+        assert os.path.basename(f) == os.path.basename(s)
+        assert open(f, "rb").read() == open(s, "rb").read(), f
+
+
+def test_every_class_and_texture_present_and_classes_balanced(built):
+    _, _, data = built
+    for split in ("train", "test"):
+        counts = np.bincount(data[split]["label"], minlength=K)
+        # Balanced within each 512-example chunk: totals differ by at most #chunks.
+        assert counts.min() > 0 and counts.max() - counts.min() <= 2, counts
+        assert set(np.unique(data[split]["texture_label"])) == set(range(T)), split
+    assert set(np.unique(data["test"]["background"])) == {0, 1, 2, 3}
+
+
+def test_bbox_equals_mask_extent(built):
+    _, _, data = built
+    for split in builtin.SPLITS:
+        masks, boxes = data[split]["mask"][..., 0], data[split]["bbox"]
+        for m, box in zip(masks, boxes):
+            rows, cols = np.nonzero(m)
+            expect = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]) / 32
+            np.testing.assert_allclose(box, expect, atol=1e-6)
+
+
+def test_mask_matches_image_on_flat_backgrounds(built):
+    """Flat background: outside the mask is one colour, inside it mostly is not."""
+    _, _, data = built
+    arrays = data["test"]
+    flat = np.flatnonzero(arrays["background"] == 0)
+    assert flat.size > 50
+    for i in flat:
+        img, m = arrays["image"][i].astype(int), arrays["mask"][i, ..., 0].astype(bool)
+        outside = img[~m]
+        assert (outside == outside[0]).all(), i
+        same_as_bg = (img[m] == outside[0]).all(axis=1).mean()
+        assert same_as_bg < 0.2, (i, same_as_bg)
+
+
+def test_cue_conflict_texture_belongs_to_another_class(built):
+    _, _, data = built
+    arrays = data["cue_conflict"]
+    class_texture = np.array([builtin.TEXTURE_NAMES.index(builtin.CLASS_TEXTURE[s])
+                              for s in builtin.SHAPE_NAMES])
+    assert (arrays["texture_label"] != class_texture[arrays["label"]]).all()
+    assert (arrays["texture_class"] != arrays["label"]).all()
+    np.testing.assert_array_equal(class_texture[arrays["texture_class"]],
+                                  arrays["texture_label"])
+    # The conflicting class j is spread over all other classes.
+    for c in range(K):
+        others = arrays["texture_class"][arrays["label"] == c]
+        assert len(set(others)) >= K - 3, (c, np.bincount(others, minlength=K))
+
+
+def _within_binomial(hits: int, n: int, p: float, z: float = 4.0) -> bool:
+    return abs(hits - n * p) <= z * np.sqrt(n * p * (1 - p))
+
+
+def test_texture_and_background_correlation_match_config(built):
+    _, _, data = built
+    config = _tiny_config()
+    class_texture = np.array([builtin.TEXTURE_NAMES.index(builtin.CLASS_TEXTURE[s])
+                              for s in builtin.SHAPE_NAMES])
+    class_bg = np.array([builtin.BACKGROUND_NAMES.index(builtin.CLASS_BACKGROUND[s])
+                         for s in builtin.SHAPE_NAMES])
+    train, test = data["train"], data["test"]
+    n = len(train["label"])
+    p = config.texture_correlation
+    hits = (train["texture_label"] == class_texture[train["label"]]).sum()
+    assert _within_binomial(hits, n, p + (1 - p) / T), hits
+    q = config.background_correlation  # uniform weights: a free kind matches w.p. 1/4
+    hits = (train["background"] == class_bg[train["label"]]).sum()
+    assert _within_binomial(hits, n, q + (1 - q) / 4), hits
+    # In `test` texture and background are independent of the class.
+    m = len(test["label"])
+    assert _within_binomial((test["texture_label"] == class_texture[test["label"]]).sum(), m, 1 / T)
+    assert _within_binomial((test["background"] == class_bg[test["label"]]).sum(), m, 1 / 4)
+
+
+def test_labels_are_carried_by_shape_not_by_pixels(built):
+    """Honest data: linear on raw pixels ~ chance; shape moments of the mask ~ perfect."""
+    import skimage.measure
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import RidgeClassifier
+
+    _, _, data = built
+    train, test = data["train"], data["test"]
+    pixels = lambda d: d["image"].reshape(len(d["image"]), -1) / 255.0  # noqa: E731
+    linear = RidgeClassifier(alpha=10.0).fit(pixels(train), train["label"])
+    pixel_acc = linear.score(pixels(test), test["label"])
+
+    def hu(d):  # rotation / scale / translation invariant shape moments
+        h = np.array([skimage.measure.moments_hu(skimage.measure.moments_normalized(
+            skimage.measure.moments_central(m[..., 0].astype(float)), 3)) for m in d["mask"]])
+        return -np.sign(h) * np.log10(np.abs(h) + 1e-12)
+
+    forest = RandomForestClassifier(100, random_state=0).fit(hu(train), train["label"])
+    shape_acc = forest.score(hu(test), test["label"])
+    assert pixel_acc < 0.3, pixel_acc
+    assert shape_acc > 0.85, shape_acc
+
+
+def test_natural_texture_is_a_crop_of_skimage_brick():
+    """Template search (all rotations) finds a brick crop in skimage's brick, not grass."""
+    import skimage.data
+    import skimage.feature
+    import skimage.transform
+
+    r = 32
+    crop = tex.render_textures(np.array([tex.TEXTURE_NAMES.index("brick")]), r,
+                               np.random.default_rng(3))[0]
+
+    def best_match(name: str) -> float:
+        src = skimage.transform.resize(getattr(skimage.data, name)().astype(np.float32),
+                                       (4 * r, 4 * r), anti_aliasing=True)
+        best = 0.0
+        for zoom in (0.9, 1.12):
+            scaled = skimage.transform.rescale(src, 1 / zoom, order=0)
+            for angle in range(0, 360, 5):
+                view = skimage.transform.rotate(scaled, angle, order=0)
+                best = max(best, float(skimage.feature.match_template(view, crop).max()))
+        return best
+
+    brick, grass = best_match("brick"), best_match("grass")
+    assert brick > 0.55 and brick > grass + 0.2, (brick, grass)
+
+
+def test_encode_png_round_trips_through_pil():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7, 3), (4, 9, 1)]:
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        decoded = np.asarray(Image.open(io.BytesIO(builtin.encode_png(x))))
+        np.testing.assert_array_equal(decoded.reshape(shape), x)
+    with pytest.raises(ValueError, match="uint8"):
+        builtin.encode_png(np.zeros((4, 4, 3), np.float32))
+
+
+def test_hsv_to_rgb_matches_colorsys():
+    import colorsys
+
+    rng = np.random.default_rng(1)
+    h, s, v = rng.random((3, 50))
+    ours = tex.hsv_to_rgb(h, s, v)
+    ref = np.array([colorsys.hsv_to_rgb(*t) for t in zip(h, s, v)]) * 255
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+def test_generate_chunk_is_deterministic_and_seed_dependent():
+    config = _tiny_config()
+    a = builtin.generate_chunk(config, "test", 0)
+    b = builtin.generate_chunk(config, "test", 0)
+    c = builtin.generate_chunk(dataclasses.replace(config, seed=1), "test", 0)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert (a["image"] != c["image"]).any()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(texture_correlation=1.5), "texture_correlation"),
+    (dict(background_weights=(1.0, 0.0, 0.0)), "background_weights"),
+    (dict(scale_range=(0.9, 0.5)), "scale_range"),
+    (dict(resolution=8), "resolution"),
+])
+def test_bad_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        builtin.ShapesTexturesConfig(name="bad", **kwargs)
+
+
+def test_unknown_split_raises():
+    with pytest.raises(ValueError, match="cue_conflict"):
+        builtin.generate_chunk(_tiny_config(), "validation", 0)
