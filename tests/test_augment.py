@@ -118,6 +118,19 @@ def test_blur_matches_scipy_separable(padding, scipy_mode):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_blur_padding_on_constant_image():
+    """Edge/reflect padding keep a flat image flat; zero padding (TF 'SAME', SimCLR/BYOL)
+    darkens the border."""
+    x = np.full((10, 10, 3), 0.6, np.float32)
+    for padding in ("reflect", "edge"):
+        np.testing.assert_allclose(aug.blur_with_sigma(x, 2.0, 7, padding), x, atol=1e-6)
+    zero = np.asarray(aug.blur_with_sigma(x, 2.0, 7, "constant"))
+    np.testing.assert_allclose(zero[4:6, 4:6], 0.6, atol=1e-6)
+    assert zero[0, 0, 0] < 0.6 * 0.5 + 1e-3  # corner: at most half the taps per axis in-image
+    with pytest.raises(ValueError, match="padding"):
+        aug.blur_with_sigma(x, 1.0, 3, "wrap")
+
+
 def test_blur_even_kernel_rounds_up_and_random_sigma_in_range():
     x = _images(1, 12, 12, seed=7)[0]
     # Even size 6 -> 7 taps, like SimCLR / BYOL.
@@ -306,6 +319,9 @@ def test_sample_crop_box_fallback_is_central():
     np.testing.assert_array_equal(box.numpy(), [(30 - 10) // 2, 0, 10, 30])
     with pytest.raises(ValueError, match="scale"):
         crop.sample_crop_box(tf.constant([30, 30]), None, (0.0, 1.0))
+    # seed=None: fresh random seed, still a valid box.
+    oy, ox, h, w = crop.sample_crop_box(tf.constant([30, 20]), None).numpy()
+    assert 0 <= oy <= 30 - h and 0 <= ox <= 20 - w and h > 0 and w > 0
 
 
 def test_random_resized_crop_in_tf_data_is_deterministic():
@@ -353,3 +369,24 @@ def test_random_flip():
     assert all(f or np.array_equal(o, image) for f, o in zip(flipped, outs))
     assert 15 <= sum(flipped) <= 45
     np.testing.assert_array_equal(crop.random_flip(image, tf.constant([5, 0])), outs[5])
+
+
+def test_crop_view_unknown_shape_graph_mode():
+    """Decoded JPEGs have unknown static shape: the crops must trace with [None, None, 3]."""
+    image = (np.random.default_rng(16).random((21, 33, 3)) * 255).astype(np.uint8)
+    seed = tf.constant([7, 8])
+    for view, flip_possible in ((aug.SIMCLR_CIFAR.views[0], True), (aug.EVAL.views[0], False)):
+        fn = tf.function(lambda im, sd, v=view: crop.crop_view(im, sd, 12, v),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
+                                          tf.TensorSpec([2], tf.int32)])
+        out = fn(image, seed).numpy()
+        assert out.shape == (12, 12, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out, fn(image, seed).numpy())
+        if not flip_possible:
+            np.testing.assert_array_equal(out, crop.center_crop(image, 12).numpy())
+    narrow = dataclasses.replace(aug.SIMCLR_CIFAR.views[0], crop_scale=(0.99, 1.0),
+                                 crop_ratio=(33 / 21, 33 / 21), flip=False)
+    # Near-full-image crop with the image's own aspect ratio: ~ a plain resize.
+    out = crop.crop_view(image, seed, 12, narrow, dtype=tf.float32).numpy()
+    full = np.clip(tf.image.resize(image / 255.0, [12, 12], method="bicubic").numpy(), 0, 1)
+    assert np.abs(out - full).mean() < 0.05

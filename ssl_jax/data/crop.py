@@ -21,9 +21,12 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import tensorflow as tf
+
+if TYPE_CHECKING:  # only for the annotation: this module stays importable without jax
+    from ssl_jax.data.augment import ViewConfig
 
 _RESIZE_METHODS = ("bicubic", "bilinear")
 _OUT_DTYPES = (tf.uint8, tf.float32)
@@ -187,3 +190,24 @@ def center_crop(
     box = center_crop_box(tf.shape(image)[:2], crop_fraction)
     crop = tf.slice(image, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], -1]))
     return _resize(crop, size, method, dtype)
+
+
+def crop_view(image: tf.Tensor, seed: Optional[tf.Tensor], size: int, view: "ViewConfig",
+              dtype: tf.DType = tf.uint8) -> tf.Tensor:
+    """The host half of one view: `view.crop` ('random_resized' with `view.crop_scale`,
+    `view.crop_ratio`, then a flip if `view.flip`; or 'center' with
+    `view.center_crop_fraction`). Returns [size, size, C] `dtype`.
+
+    The crop and the flip use independent sub-seeds of `seed`; for two SSL views of one image
+    pass two different seeds (e.g. `stateless_split(example_seed, 2)`).
+    """
+    if view.crop == "center":
+        return center_crop(image, size, view.center_crop_fraction, dtype=dtype)
+    if view.crop != "random_resized":
+        raise ValueError(f"view.crop={view.crop!r}; valid choices: ('random_resized', 'center')")
+    crop_seed = flip_seed = None
+    if seed is not None:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    out = random_resized_crop(image, crop_seed, size, view.crop_scale, view.crop_ratio,
+                              dtype=dtype)
+    return random_flip(out, flip_seed) if view.flip else out
