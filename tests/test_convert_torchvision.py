@@ -11,7 +11,6 @@ import pytest
 import skimage.data
 import skimage.transform
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import jax

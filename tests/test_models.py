@@ -69,6 +69,11 @@ def test_registry_errors_name_the_valid_choices():
         get_model("resnet50", width=0)
     with pytest.raises(ValueError, match="cifar_stem=True is not supported by alexnet"):
         get_model("alexnet", cifar_stem=True)
+    tiny = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    with pytest.raises(ValueError, match=r"at least 63x63 px, got \(32, 32\)"):
+        _abstract(get_model("alexnet"), tiny)
+    with pytest.raises(ValueError, match="VGG needs inputs of at least 32x32 px"):
+        _abstract(get_model("vgg16"), jax.ShapeDtypeStruct((1, 31, 40, 3), jnp.float32))
     # ResNet-only options at their defaults are accepted by every backbone.
     assert get_model("vgg16_bn", cifar_stem=False, padding="torch").batch_norm
 

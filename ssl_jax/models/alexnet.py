@@ -73,6 +73,8 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         """x: [N, H, W, 3] -> [N, fc_dim] fc7 features, or [N, num_classes] logits."""
+        if min(x.shape[1:3]) < 63:  # else the last max-pool sees < 3x3 and XLA fails obscurely
+            raise ValueError(f"AlexNet needs inputs of at least 63x63 px, got {x.shape[1:3]}")
         x = x.astype(self.dtype)
         idx = 0  # torch Sequential index of the next layer
         for i, (ch, k, s, p, pool) in enumerate(_CONVS):

@@ -63,6 +63,8 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         """x: [N, H, W, 3] -> [N, fc_dim] fc7 features, or [N, num_classes] logits."""
+        if min(x.shape[1:3]) < 32:  # five 2x2 max-pools need at least 32 px
+            raise ValueError(f"VGG needs inputs of at least 32x32 px, got {x.shape[1:3]}")
         x = x.astype(self.dtype)
         idx = 0  # torch Sequential index of the next layer
         for k, (ch, reps) in enumerate(_BLOCKS):
