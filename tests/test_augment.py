@@ -36,9 +36,16 @@ def test_hsv_round_trip_and_matches_tf():
     x = _images(1, 6, 6)[0]
     x[0, 0] = 0.0  # black: value 0
     x[0, 1] = 0.5  # gray: chroma 0
+    # Primaries, white, and ties for the max channel (sector boundaries).
+    x[1, :6] = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0.7, 0.7, 0.2], [0.3, 0.8, 0.8]]
     hsv = np.asarray(aug.rgb_to_hsv(x))
     np.testing.assert_allclose(hsv, tf.image.rgb_to_hsv(x).numpy(), atol=1e-6)
     np.testing.assert_allclose(aug.hsv_to_rgb(hsv), x, atol=1e-6)
+    np.testing.assert_allclose(aug.adjust_hue(x, 0.25), tf.image.adjust_hue(x, 0.25).numpy(),
+                               atol=1e-3)
+    # The masked divisions must not leak NaN into gradients at gray/black pixels.
+    grad = jax.grad(lambda t: aug.adjust_saturation_hue(t, 1.3, 0.1).sum())(jnp.asarray(x))
+    assert np.isfinite(np.asarray(grad)).all()
 
 
 def test_brightness_contrast_saturation_match_tf_and_numpy():
@@ -264,6 +271,9 @@ def test_get_preset_overrides_and_errors():
         aug.get_preset("byol", min_scale=0.5)
     with pytest.raises(ValueError, match="blur_padding"):
         dataclasses.replace(aug.BYOL.views[0], blur_padding="wrap")
+    listy = dataclasses.replace(aug.BYOL.views[0], blur_sigma=[0.5, 1], jitter=[0.1, 0, 0, 0])
+    assert listy.blur_sigma == (0.5, 1.0) and hash(listy) == hash(
+        dataclasses.replace(listy, jitter=(0.1, 0.0, 0.0, 0.0)))
     with pytest.raises(ValueError, match="grayscale_prob"):
         aug.ViewConfig(grayscale_prob=1.5)
 

@@ -297,6 +297,9 @@ class ViewConfig:
     solarize_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        # Config files hand over lists; tuples of floats keep the config hashable (jit static).
+        for name in ("crop_scale", "crop_ratio", "jitter", "blur_sigma"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.crop not in _CROPS:
             raise ValueError(f"crop={self.crop!r}; valid choices: {_CROPS}")
         if self.brightness_impl not in _BRIGHTNESS_IMPLS:
@@ -316,6 +319,12 @@ class ViewConfig:
         if len(self.jitter) != 4 or min(self.jitter) < 0 or self.jitter[3] > 0.5:
             raise ValueError(
                 f"jitter={self.jitter} must be 4 values >= 0 (b, c, s, h) with h <= 0.5")
+        if not 0.0 < self.center_crop_fraction <= 1.0:
+            raise ValueError(
+                f"center_crop_fraction={self.center_crop_fraction} must be in (0, 1]")
+        if not 0.0 <= self.blur_kernel_fraction <= 1.0:
+            raise ValueError(
+                f"blur_kernel_fraction={self.blur_kernel_fraction} must be in [0, 1]")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma={self.blur_sigma} must satisfy 0 < lo <= hi")
 
@@ -394,8 +403,6 @@ def override(preset: Preset, **overrides: Any) -> Preset:
             fields["jitter"] = simclr_jitter(float(overrides["jitter_strength"]))
         if "blur" in overrides and not overrides["blur"]:
             fields["blur_prob"] = 0.0
-        # Config files give lists; tuples keep the dataclass hashable.
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         views.append(dataclasses.replace(view, **fields))
     return dataclasses.replace(preset, views=tuple(views))
 
