@@ -11,6 +11,7 @@ import pytest
 import skimage.data
 import skimage.transform
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import jax
@@ -22,6 +23,38 @@ RTOL = 1e-4  # max |diff| / max |reference|, float32 on CPU
 
 def _w(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
+
+
+def _tf_same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding (before, after) along one axis."""
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d (same state_dict keys) with TF SAME padding, as Haiku-trained BYOL nets use."""
+
+    def forward(self, x):
+        (k, _), (s, _) = self.kernel_size, self.stride
+        ph, pw = _tf_same_pads(x.shape[2], k, s), _tf_same_pads(x.shape[3], k, s)
+        return F.conv2d(F.pad(x, pw + ph), self.weight, self.bias, self.stride)
+
+
+class SameMaxPool(nn.Module):
+    def forward(self, x):
+        ph, pw = _tf_same_pads(x.shape[2], 3, 2), _tf_same_pads(x.shape[3], 3, 2)
+        return F.max_pool2d(F.pad(x, pw + ph, value=-float("inf")), 3, 2)
+
+
+def _to_same_padding(model: nn.Module) -> nn.Module:
+    """Swap every Conv2d for SameConv2d (weights kept) and the stem max-pool for SAME."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Conv2d:
+                child.__class__ = SameConv2d
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(module, name, SameMaxPool())
+    return model
 
 
 class TorchBasicBlock(nn.Module):
@@ -262,6 +295,12 @@ def _check_parity(name, torch_model, size, **kwargs):
 def test_resnet18_matches_torch(size):
     _check_parity("resnet18", TorchResNet(TorchBasicBlock, [2, 2, 2, 2], 10, width=0.25),
                   size, num_classes=10, width=0.25)
+
+
+def test_resnet_same_padding_matches_tf_same_torch_model():
+    """padding="same" (BYOL/Haiku checkpoints): SAME in every conv and the max-pool."""
+    torch_model = _to_same_padding(TorchResNet(TorchBasicBlock, [2, 2, 2, 2], 10, width=0.25))
+    _check_parity("resnet18", torch_model, 64, num_classes=10, width=0.25, padding="same")
 
 
 def test_resnet50_matches_torch_odd_size():

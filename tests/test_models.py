@@ -63,7 +63,7 @@ def test_registry_errors_name_the_valid_choices():
         layer_names("vit")
     with pytest.raises(ValueError, match=r"unknown kwargs \['depth'\] for vgg16; valid: "):
         get_model("vgg16", depth=3)
-    with pytest.raises(ValueError, match=r"padding='valid'; valid choices: \('torch', 'same'\)"):
+    with pytest.raises(ValueError, match=r"padding='valid'; valid choices: \('torch', 'same', 'simclr'\)"):
         get_model("resnet18", padding="valid")
     with pytest.raises(ValueError, match="width=0 must be > 0"):
         get_model("resnet50", width=0)
@@ -148,11 +148,13 @@ def test_sown_names_follow_layer_names_in_forward_order(name, size, monkeypatch)
 def test_same_padding_is_tf_same_and_differs_from_torch():
     """Stem conv 7x7/2 + max-pool 3x3/2 on an even input (64 px).
 
-    SAME pads (2, 3) for the conv and (0, 1) for the pool, torch pads (3, 3) and (1, 1).
+    SAME pads (2, 3) for the conv and (0, 1) for the pool, torch pads (3, 3) and (1, 1);
+    "simclr" pads the conv like torch and the pool like SAME.
     """
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     torch_model = get_model("resnet18", width=0.125)
     same_model = get_model("resnet18", width=0.125, padding="same")
+    simclr_model = get_model("resnet18", width=0.125, padding="simclr")
     variables = _random_variables(torch_model, x, seed=1)
 
     def stem(model):
@@ -172,11 +174,15 @@ def test_same_padding_is_tf_same_and_differs_from_torch():
 
     same_ref = reference((2, 3, 2, 3), (0, 1, 0, 1))
     torch_ref = reference((3, 3, 3, 3), (1, 1, 1, 1))
-    same_out, torch_out = stem(same_model), stem(torch_model)
+    simclr_ref = reference((3, 3, 3, 3), (0, 1, 0, 1))
+    same_out, torch_out, simclr_out = stem(same_model), stem(torch_model), stem(simclr_model)
     assert same_out.shape == torch_out.shape == (2, 8, 16, 16)
     np.testing.assert_allclose(same_out, same_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(torch_out, torch_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(simclr_out, simclr_ref, rtol=1e-4, atol=1e-4)
     assert np.abs(same_out - torch_out).max() > 0.1
+    assert np.abs(simclr_out - torch_out).max() > 0.1
+    assert np.abs(simclr_out - same_out).max() > 0.1
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, "bfloat16"])

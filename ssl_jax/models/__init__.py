@@ -35,7 +35,7 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
     Common kwargs: ``num_classes`` (None = pooled features), ``width`` (multiplies every conv
     width, stem included), ``dtype`` (computation dtype). ResNets also take ``cifar_stem``,
-    ``padding`` ("torch" | "same") and ``zero_init_residual``; AlexNet/VGG take ``fc_dim`` and
+    ``padding`` ("torch" | "same" | "simclr") and ``zero_init_residual``; AlexNet/VGG take ``fc_dim`` and
     ``dropout_rate`` and accept only the defaults ``cifar_stem=False, padding="torch"``.
     """
     _check_name(name)

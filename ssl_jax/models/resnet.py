@@ -19,7 +19,7 @@ import jax.numpy as jnp
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-PADDINGS = ("torch", "same")
+PADDINGS = ("torch", "same", "simclr")
 
 STAGE_SIZES = {
     "resnet18": (2, 2, 2, 2),
@@ -114,8 +114,9 @@ class ResNet(nn.Module):
       width: multiplies every conv width, the stem included (SimCLR/SwAV/VICReg convention;
         not torchvision's wide_resnet, which widens only the bottleneck's inner convs).
       cifar_stem: 3x3 stride-1 stem conv and no max-pool (for 32 px inputs).
-      padding: "torch" (explicit symmetric pads, loads torchvision weights exactly) or "same"
-        (TF/Haiku SAME everywhere, e.g. for BYOL checkpoints).
+      padding: "torch" (explicit symmetric pads, loads torchvision weights exactly), "same"
+        (TF/Haiku SAME everywhere, e.g. for BYOL checkpoints) or "simclr" (SimCLR v1/v2 TF
+        code: its conv2d_fixed_padding equals torch's pads, but the stem max-pool is SAME).
       zero_init_residual: init each block's last BN scale to 0 (torchvision option).
       dtype: computation dtype; params and BN statistics stay float32, the output is float32.
     """
@@ -144,18 +145,20 @@ class ResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         """x: [N, H, W, 3] -> [N, num_features] features, or [N, num_classes] logits."""
         x = x.astype(self.dtype)
+        conv_padding = "same" if self.padding == "same" else "torch"
+        pool_padding = "torch" if self.padding == "torch" else "same"
         stem = scaled_width(64, self.width)
         if self.cifar_stem:
             x = nn.Conv(stem, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                         kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
         else:
-            x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(7, self.padding), use_bias=False,
+            x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(7, conv_padding), use_bias=False,
                         kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
         if not self.cifar_stem:
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3, self.padding))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3, pool_padding))
         self.sow("intermediates", "stem", x)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock
@@ -168,7 +171,7 @@ class ResNet(nn.Module):
                 block = block_cls(
                     planes=planes, strides=strides,
                     downsample=(strides != 1 or in_features != out_features),
-                    padding=self.padding, zero_init_residual=self.zero_init_residual,
+                    padding=conv_padding, zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype, name=f"layer{stage + 1}_{b}")
                 x = block(x, train)
                 in_features = out_features
