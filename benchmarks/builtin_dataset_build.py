@@ -69,7 +69,7 @@ def example_grid(path: str, rows: int = 6, data_dir: str | None = None) -> None:
     panels = [("small32", "train"), ("base64", "test"), ("biased32", "train"),
               ("base64", "cue_conflict")]
     cols = 8
-    fig, axes = plt.subplots(len(panels) * 2, cols, figsize=(cols * 1.2, len(panels) * 2.6))
+    fig, axes = plt.subplots(len(panels) * 2, cols, figsize=(cols * 1.2, len(panels) * 3.0))
     for p, (name, split) in enumerate(panels):
         arrays = builtin.generate_chunk(_named_config(name), split, 0)
         for j in range(cols):

@@ -258,3 +258,20 @@ def test_bad_config_raises(kwargs, match):
 def test_unknown_split_raises():
     with pytest.raises(ValueError, match="cue_conflict"):
         builtin.generate_chunk(_tiny_config(), "validation", 0)
+
+
+def test_every_shape_fits_the_unit_disk_and_is_distinct():
+    """Placement keeps the unit disk inside the image, so no shape may leave it."""
+    c = np.linspace(-1.5, 1.5, 301)
+    v, u = np.meshgrid(c, c, indexing="ij")
+    masks = {}
+    for name in builtin.SHAPE_NAMES:
+        inside = tex._shape_inside(name, u, v)
+        assert inside.sum() > 0.2 * np.pi / 9 * c.size ** 2, name  # >= 20% of the disk
+        assert (u[inside] ** 2 + v[inside] ** 2).max() <= 1.0, name
+        masks[name] = inside
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
+            assert iou < 0.9, (a, b, iou)

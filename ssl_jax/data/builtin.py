@@ -121,30 +121,30 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
         ShapesTexturesConfig(
             name="tiny", description="32 px, 1024/512/512; for tests (builds in seconds).",
             resolution=32, num_train=1024, num_test=512, num_cue_conflict=512,
-            texture_correlation=0.5, background_correlation=0.5),
+            texture_correlation=0.5, background_correlation=0.5, seed=0),
         ShapesTexturesConfig(
             name="small32",
             description="32 px, 10k/2k/2k, clean: large shapes on flat/gradient "
                         "backgrounds, no shortcuts. CPU quickstart.",
             resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9)),
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=1),
         ShapesTexturesConfig(
             name="base64",
             description="64 px, 50k/10k/5k, all backgrounds, texture tied to class "
                         "in 50% of train.",
             resolution=64, num_train=50_000, num_test=10_000, num_cue_conflict=5000,
-            texture_correlation=0.5),
+            texture_correlation=0.5, seed=2),
         ShapesTexturesConfig(
             name="biased32",
             description="32 px, 10k/2k/2k, texture and background style tied to class "
                         "in 90% of train: shape-bias and copy-paste experiments.",
             resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            texture_correlation=0.9, background_correlation=0.9),
+            texture_correlation=0.9, background_correlation=0.9, seed=3),
         ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",
             resolution=64, num_train=50_000, num_test=10_000, num_cue_conflict=5000,
-            texture_correlation=0.9, background_correlation=0.9),
+            texture_correlation=0.9, background_correlation=0.9, seed=4),
     ]
 
     @tfds.core.utils.classproperty

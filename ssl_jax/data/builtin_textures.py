@@ -333,7 +333,9 @@ def _shape_inside(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((au <= 0.28) & (av <= 0.92)) | ((av <= 0.28) & (au <= 0.92))
     if name == "heart":
         # Classic implicit heart (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, scaled into the disk.
-        x, y = u / 0.8, -(v + 0.1) / 0.8
+        # Its extent is y in [-1, 1.2] with lobe tops ~1.25 from (0, 0.1); centre it
+        # there and scale by 0.72 so it stays inside the unit disk.
+        x, y = u / 0.72, 0.1 - v / 0.72
         return (x * x + y * y - 1) ** 3 - x * x * y ** 3 <= 0
     if name == "crescent":
         return (r2 <= 0.9 ** 2) & ((u - 0.45) ** 2 + v * v > 0.72 ** 2)
