@@ -372,13 +372,18 @@ def test_train_mode_batchnorm_matches_torch():
     np.testing.assert_allclose(batch_var_flax * n / (n - 1), batch_var_torch, rtol=1e-4)
 
 
-def test_round_trips_are_exact(tmp_path):
-    torch_model = _randomize(TorchResNet(TorchBottleneck, [3, 4, 6, 3], 7, width=0.125), 5)
-    torch.save(torch_model.state_dict(), tmp_path / "r50.pth")
-    sd = tv.read_torch_file(str(tmp_path / "r50.pth"))
+@pytest.mark.parametrize("name,make_torch", [
+    ("resnet50", lambda: TorchResNet(TorchBottleneck, [3, 4, 6, 3], 7, width=0.125)),
+    ("alexnet_bn", lambda: TorchAlexNet(7, width=0.25, fc_dim=16, bn=True)),
+    ("vgg16", lambda: TorchVGG16(None, width=0.125, fc_dim=16)),
+])
+def test_round_trips_are_exact(name, make_torch, tmp_path):
+    torch_model = _randomize(make_torch(), 5)
+    torch.save(torch_model.state_dict(), tmp_path / "model.pth")
+    sd = tv.read_torch_file(str(tmp_path / "model.pth"))
 
-    variables = tv.torch_to_flax(sd, "resnet50")
-    back = tv.flax_to_torch(variables, "resnet50")
+    # torch -> flax -> torch: bit-identical (num_batches_tracked is written as 0).
+    back = tv.flax_to_torch(tv.torch_to_flax(sd, name), name)
     assert set(back) == set(sd)
     for k, v in sd.items():
         if k.endswith("num_batches_tracked"):
@@ -386,14 +391,19 @@ def test_round_trips_are_exact(tmp_path):
         else:
             assert back[k].dtype == np.float32
             np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
-    again = tv.torch_to_flax(back, "resnet50")
-    assert jax.tree.structure(again) == jax.tree.structure(variables)
-    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)):
-        np.testing.assert_array_equal(a, b)
     # The export loads into the torch model strictly.
     result = torch_model.load_state_dict({k: torch.from_numpy(np.asarray(v))
                                           for k, v in back.items()}, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+    # flax -> torch -> flax, starting from Flax-side variables: bit-identical.
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                             tv.abstract_variables(name, **tv.infer_model_kwargs(sd, name)))
+    again = tv.torch_to_flax(tv.flax_to_torch(variables, name), name)
+    assert jax.tree.structure(again) == jax.tree.structure(variables)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_key_accounting_names_every_problem():

@@ -313,6 +313,22 @@ def test_linear_classifier_and_bf16_head():
     assert np.abs(out16 - out32).max() > 0  # really computed in bf16
 
 
+def test_batchnorm_statistics_span_the_sharded_global_batch():
+    """Under jit on a batch sharded over the 8 devices, BN uses global-batch statistics."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    # Per-device halves with very different means: per-device BN would hide the offset.
+    x = np.random.default_rng(7).normal(size=(16, 6)).astype(np.float32)
+    x[8:] += 5.0
+    head = ProjectionMLPv2(hidden_dim=6, out_dim=3, num_layers=1)
+    v = _random_variables(head, x)
+    apply = jax.jit(functools.partial(head.apply, train=True, mutable=["batch_stats"]))
+    out, _ = apply(v, jax.device_put(x, sharding))
+    h = x @ v["params"]["dense_0"]["kernel"]
+    ref = _np_bn(h, h.mean(0), h.var(0), v["params"]["bn_0"]["scale"])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_models_module_exports():
     assert models.MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                                   "alexnet", "alexnet_bn", "vgg16", "vgg16_bn")
