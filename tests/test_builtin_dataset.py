@@ -275,3 +275,31 @@ def test_every_shape_fits_the_unit_disk_and_is_distinct():
         for b in names[i + 1:]:
             iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
             assert iou < 0.9, (a, b, iou)
+
+
+def test_backgrounds_flat_gradient_noise_have_their_statistics():
+    """Flat: one colour; gradient: a plane in (x, y) up to rounding; noise: sd ~25."""
+    r, n = 32, 6
+    rng = np.random.default_rng(2)
+    flat = tex.render_backgrounds(np.zeros(n, int), r, rng).astype(float)
+    assert (flat == flat[:, :1, :1]).all()
+    grad = tex.render_backgrounds(np.ones(n, int), r, rng).astype(float)
+    yy, xx = np.mgrid[0:r, 0:r]
+    design = np.stack([xx.ravel(), yy.ravel(), np.ones(r * r)], axis=1)
+    for img in grad:
+        coef, *_ = np.linalg.lstsq(design, img.reshape(r * r, 3), rcond=None)
+        # Rounding to uint8 leaves <= 0.5 from the true plane; the fit adds a little.
+        assert np.abs(design @ coef - img.reshape(r * r, 3)).max() <= 1.0
+    assert grad.std(axis=(1, 2)).max() > 5  # not accidentally flat
+    noise = tex.render_backgrounds(np.full(200, 2), r, rng).astype(float)
+    # Neighbour differences cancel the smooth 4x4 field; uniform noise of sd 25 leaves
+    # sd 25 * sqrt(2) (a little less where clipping at 0 / 255 bites).
+    diff = np.diff(noise, axis=2)
+    assert 30 < diff.std() < 37, diff.std()
+
+
+def test_chunk_out_of_range_raises():
+    config = _tiny_config()
+    for chunk in (-1, 2):
+        with pytest.raises(ValueError, match="outside split"):
+            builtin.generate_chunk(config, "train", chunk)

@@ -3,21 +3,23 @@
 Shapes (the class), textures (what fills a shape) and backgrounds (what surrounds it),
 rendered for a batch of images at once with numpy, and `generate_chunk`, which turns a
 config into finished examples. It imports no TensorFlow so that the builder's worker
-processes start fast ('spawn', which is safe next to JAX's threads, unlike 'fork').
-ssl_jax.data.builtin wraps it into the TFDS builder and re-exports the public names. Every renderer takes all its randomness from the
-`np.random.Generator` it is given, drawing a fixed number of values per call, so a
-batch is a pure function of the generator's seed.
+processes start fast ('spawn', which is safe next to JAX's threads, unlike 'fork');
+ssl_jax.data.builtin wraps it into the TFDS builder and re-exports the public names.
 
-Conventions: images are `[n, R, R]` (pattern intensity in [0, 1]) or `[n, R, R, 3]`
-(float32 RGB in [0, 255]); pixel (i, j) has its centre at (x, y) = (j + 0.5, i + 0.5).
-Natural textures and photo backgrounds are cut from images that ship inside
-scikit-image (`skimage.data`), so nothing is downloaded.
+Every renderer takes all its randomness from the `np.random.Generator` it is given, so
+a batch is a pure function of the generator's seed.
+
+Conventions: masks and texture patterns are `[n, R, R]` (bool / intensity in [0, 1]),
+backgrounds and images `[n, R, R, 3]` uint8; pixel (i, j) has its centre at
+(x, y) = (j + 0.5, i + 0.5). Natural textures and photo backgrounds are cut from images
+that ship inside scikit-image (`skimage.data`), so nothing is downloaded.
 """
 from __future__ import annotations
 
 import functools
 import struct
 import zlib
+from typing import Protocol
 
 import numpy as np
 
@@ -392,7 +394,21 @@ def mask_to_bbox(mask: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- sampling
-def split_size(config, split: str) -> int:
+class Recipe(Protocol):
+    """The generation attributes of a ShapesTexturesConfig (which satisfies this)."""
+
+    resolution: int
+    num_train: int
+    num_test: int
+    num_cue_conflict: int
+    texture_correlation: float
+    background_correlation: float
+    background_weights: tuple[float, float, float, float]
+    scale_range: tuple[float, float]
+    seed: int
+
+
+def split_size(config: Recipe, split: str) -> int:
     """Number of examples of `split` in `config`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
@@ -400,7 +416,7 @@ def split_size(config, split: str) -> int:
             "cue_conflict": config.num_cue_conflict}[split]
 
 
-def _split_factors(config, split: str, n: int,
+def _split_factors(config: Recipe, split: str, n: int,
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Class, texture family, background kind/hue/photo of n examples of `split`."""
     k, t = len(SHAPE_NAMES), len(TEXTURE_NAMES)
@@ -430,26 +446,21 @@ def _split_factors(config, split: str, n: int,
     return dict(label=label, texture=texture, kind=kind, hue=hue, photo=photo)
 
 
-def generate_chunk(config, split: str,
-                   chunk: int) -> dict[str, np.ndarray]:
+def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarray]:
     """Examples [chunk * CHUNK, (chunk + 1) * CHUNK) of `split`, deterministic.
 
-    config: a ShapesTexturesConfig, or any object with its generation attributes
-    (resolution, num_*, *_correlation, background_weights, scale_range, seed).
+    config: a ShapesTexturesConfig, or any object with the attributes of `Recipe`.
 
     Returns image [n, R, R, 3] uint8, mask [n, R, R, 1] uint8 (0/1), bbox [n, 4] float32
     (normalised ymin, xmin, ymax, xmax), label, texture_label, texture_class,
     background: [n] int64.
     """
-    split_id = SPLITS.index(split) if split in SPLITS else None
-    if split_id is None:
-        raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
     total = split_size(config, split)
-    start = chunk * CHUNK
-    n = min(CHUNK, total - start)
-    if n <= 0:
-        raise ValueError(f"chunk={chunk} is past the end of split {split!r} ({total} examples)")
-    rng = np.random.default_rng([config.seed, split_id, chunk])
+    n = min(CHUNK, total - chunk * CHUNK)
+    if chunk < 0 or n <= 0:
+        raise ValueError(f"chunk={chunk} outside split {split!r}: valid 0.."
+                         f"{-(-total // CHUNK) - 1} ({total} examples)")
+    rng = np.random.default_rng([config.seed, SPLITS.index(split), chunk])
     r = config.resolution
     f = _split_factors(config, split, n, rng)
     mask = render_masks(f["label"], r, rng, config.scale_range)
@@ -498,7 +509,7 @@ def encode_png(image: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + chunk(b"IEND", b""))
 
 
-def encoded_chunk(config, split: str, chunk: int) -> dict:
+def encoded_chunk(config: Recipe, split: str, chunk: int) -> dict:
     """generate_chunk with image and mask PNG-encoded (runs in the worker processes)."""
     arrays = generate_chunk(config, split, chunk)
     arrays["image"] = [encode_png(x) for x in arrays["image"]]
