@@ -249,3 +249,12 @@ def test_bad_input_raises_clear_errors():
         sim.mutual_knn(x, y, metric="manhattan")
     with pytest.raises(ValueError, match="k must be"):
         sim.mutual_knn(x, y, k=20)
+
+
+def test_measures_work_inside_a_user_jit():
+    # Value checks are skipped on tracers; the numbers must be the same as eager calls.
+    x, y = _data(80, 6, 12, seed=86)
+    f = jax.jit(lambda a, b: (sim.linear_cka(a, b, debiased=True), sim.mean_cca(a, b)))
+    cka, mcca = f(x.astype(np.float32), y.astype(np.float32))
+    assert abs(float(cka) - float(sim.linear_cka(x, y, debiased=True))) <= 1e-6
+    assert abs(float(mcca) - float(sim.mean_cca(x, y))) <= 1e-6

@@ -90,7 +90,7 @@ def test_minibatch_cka_bad_input(mesh):
     bad = [a.copy() for a in xs]
     bad[1][0, 0] = np.nan
     state = sim.minibatch_cka_update(state, bad, ys)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match=r"layers \[1\] of x had NaN or inf"):
         sim.minibatch_cka_result(state)
     state = sim.minibatch_cka_update(sim.minibatch_cka_init(3, 2), xs, [ys[0], np.ones((16, 4))])
     with pytest.raises(ValueError, match=r"layers \[1\] of y are constant"):
