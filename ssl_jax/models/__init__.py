@@ -35,8 +35,9 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
     Common kwargs: ``num_classes`` (None = pooled features), ``width`` (multiplies every conv
     width, stem included), ``dtype`` (computation dtype). ResNets also take ``cifar_stem``,
-    ``padding`` ("torch" | "same" | "simclr") and ``zero_init_residual``; AlexNet/VGG take ``fc_dim`` and
-    ``dropout_rate`` and accept only the defaults ``cifar_stem=False, padding="torch"``.
+    ``padding`` ("torch" | "same" | "simclr") and ``zero_init_residual``; AlexNet/VGG take
+    ``fc_dim`` and ``dropout_rate`` and accept only ``cifar_stem=False, padding="torch"``.
+    Unknown names or kwargs raise ValueError listing the valid ones.
     """
     _check_name(name)
     if name.startswith("resnet"):
