@@ -63,7 +63,8 @@ def test_registry_errors_name_the_valid_choices():
         layer_names("vit")
     with pytest.raises(ValueError, match=r"unknown kwargs \['depth'\] for vgg16; valid: "):
         get_model("vgg16", depth=3)
-    with pytest.raises(ValueError, match=r"padding='valid'; valid choices: \('torch', 'same', 'simclr'\)"):
+    with pytest.raises(ValueError,
+                       match=r"padding='valid'; valid choices: \('torch', 'same', 'simclr'\)"):
         get_model("resnet18", padding="valid")
     with pytest.raises(ValueError, match="width=0 must be > 0"):
         get_model("resnet50", width=0)
