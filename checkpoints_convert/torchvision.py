@@ -176,10 +176,14 @@ def infer_model_kwargs(state_dict: Mapping[str, Any], model_name: str) -> dict[s
     return kwargs
 
 
-def abstract_variables(model_name: str, **model_kwargs: Any) -> dict[str, Any]:
-    """ShapeDtypeStruct tree of ``get_model(model_name, **model_kwargs).init`` (no allocation)."""
+def abstract_variables(model_name: str, in_channels: int = 3,
+                       **model_kwargs: Any) -> dict[str, Any]:
+    """ShapeDtypeStruct tree of ``get_model(model_name, **model_kwargs).init`` (no allocation).
+
+    ``in_channels``: image channels the stem expects (1 for colorization's L, 2 for CMC's ab).
+    """
     model = get_model(model_name, **model_kwargs)
-    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 224, 224, in_channels), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
@@ -188,18 +192,24 @@ def _check_model_name(model_name: str) -> None:
         raise ValueError(f"unknown model {model_name!r}; valid names: {', '.join(MODEL_NAMES)}")
 
 
+def _in_channels(state_dict: Mapping[str, Any], model_name: str) -> int:
+    """Input channels of the stem conv (3 when the state_dict lacks it)."""
+    stem = "conv1.weight" if model_name.startswith("resnet") else "features.0.weight"
+    return _to_numpy(state_dict[stem]).shape[1] if stem in state_dict else 3
+
+
 def torch_to_flax(state_dict: Mapping[str, Any], model_name: str,
                   **model_kwargs: Any) -> dict[str, Any]:
     """torchvision state_dict (numpy arrays or torch tensors) -> {"params", "batch_stats"}.
 
     ``model_kwargs`` are ``get_model`` kwargs; those not given are inferred from the weights'
-    shapes (``infer_model_kwargs``). Load the result into
+    shapes (``infer_model_kwargs``), as is the number of input channels. Load the result into
     ``get_model(model_name, **same_kwargs)``. Exact key accounting, see
     ``state_dict_to_variables``.
     """
     _check_model_name(model_name)
     kwargs = {**infer_model_kwargs(state_dict, model_name), **model_kwargs}
-    abstract = abstract_variables(model_name, **kwargs)
+    abstract = abstract_variables(model_name, _in_channels(state_dict, model_name), **kwargs)
     return state_dict_to_variables(state_dict, abstract, what=f"{model_name}({kwargs})")
 
 
@@ -214,7 +224,7 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str,
     _check_model_name(model_name)
     sd = variables_to_state_dict(variables)
     kwargs = {**infer_model_kwargs(sd, model_name), **model_kwargs}
-    abstract = abstract_variables(model_name, **kwargs)
+    abstract = abstract_variables(model_name, _in_channels(sd, model_name), **kwargs)
     state_dict_to_variables(sd, abstract, what=f"{model_name}({kwargs})")
     return sd
 

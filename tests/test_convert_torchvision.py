@@ -457,6 +457,19 @@ def test_infer_model_kwargs_reads_architecture():
                                                   "fc_dim": 16}
 
 
+def test_single_channel_stem_converts():
+    """Colorization's L-channel AlexNet (and CMC's L/ab halves) take 1- or 2-channel images."""
+    torch_model = TorchAlexNet(None, width=0.25, fc_dim=16, bn=True)
+    torch_model.features[0] = nn.Conv2d(1, 16, 11, 4, 2)
+    sd = _randomize(torch_model, 2).state_dict()
+    variables = tv.torch_to_flax(sd, "alexnet_bn")
+    assert variables["params"]["features_0"]["kernel"].shape == (11, 11, 1, 16)
+    back = tv.flax_to_torch(variables, "alexnet_bn")
+    np.testing.assert_array_equal(back["features.0.weight"], sd["features.0.weight"].numpy())
+    np.testing.assert_array_equal(variables["params"]["features_0"]["kernel"][:, :, 0, 5],
+                                  sd["features.0.weight"].numpy()[5, 0])
+
+
 def test_torch_key_naming_rule():
     assert tv.torch_key("params", ("layer1_0", "downsample_0", "kernel")) == \
         "layer1.0.downsample.0.weight"
