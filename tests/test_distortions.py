@@ -249,6 +249,20 @@ def test_eidolon_displacement_fields_follow_the_coherent_construction():
     np.testing.assert_allclose(inc.mean(axis=(1, 2)), 0.0, atol=1e-4)
 
 
+def test_eidolon_factory_noise_gives_equal_layer_contributions():
+    # The public factory's blurred noise keeps std ~ 127.5 / (max|N| 2 sqrt(pi) sigma), so
+    # after the sigma / max_sigma scaling every coherent layer adds about the same std.
+    sigmas = D.eidolon_scale_levels(64)
+    f0 = np.asarray(D.eidolon_displacements(KEY, (128, 128), sigmas, 16.0, 0.0, 10.0,
+                                            noise="factory"))
+    layers = [(f0[k] - f0[k + 1]).std() for k in range(1, 5)]  # sigma 1 .. 4
+    np.testing.assert_allclose(layers, np.mean(layers), rtol=0.15)
+    # 127.5 / (max|N| * 2 sqrt(pi) * 16) with max|N| of 128^2 normals in [3.5, 5]: 0.45-0.64.
+    assert 0.45 < np.mean(layers) < 0.64
+    with pytest.raises(ValueError, match="eidolon noise"):
+        D.eidolon_displacements(KEY, (16, 16), sigmas, 16.0, 0.0, 10.0, noise="pink")
+
+
 def test_apply_distortion_levels_and_errors():
     img = jnp.asarray(_smooth_image(15, 16, 16))[None]
     assert len(D.DISTORTION_LEVELS) == 12

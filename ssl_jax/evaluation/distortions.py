@@ -373,28 +373,49 @@ def _standardise(x: jax.Array) -> jax.Array:
     return (x - m) / x.std(axis=(-2, -1), keepdims=True)
 
 
+def _factory_noise(noise: jax.Array, kernel_fft: jax.Array) -> jax.Array:
+    """The public factory's arithmetic: white noise scaled to max |x| = 127.5 (clipped at
+    +-127), blurred, then ``c - mean / std`` (precedence as written: barely shifts c)."""
+    x = 127.5 * noise / jnp.abs(noise).max(axis=(-2, -1), keepdims=True)
+    c = _blur(jnp.clip(x, -127.0, 127.0), kernel_fft)
+    return c - c.mean(axis=(-2, -1), keepdims=True) / c.std(axis=(-2, -1), keepdims=True)
+
+
 def eidolon_displacements(rng: jax.Array, shape: tuple[int, int], sigmas: np.ndarray,
-                          max_sigma: float, coherence: float, grain: float) -> jax.Array:
+                          max_sigma: float, coherence: float, grain: float,
+                          noise: str = "standardised") -> jax.Array:
     """One displacement component per scale level, [n_levels, h, w], in units of ``reach``.
 
     field_k = coherence * incoherent_k + coherent_k, where incoherent_k is white noise blurred
-    at ``grain`` and standardised, and coherent_k = sum_{j >= k} (sigma_j / max_sigma) *
-    standardised noise blurred at sigma_j: coarse layers drag finer ones along.
+    at ``grain`` and coherent_k = sum_{j >= k} (sigma_j / max_sigma) * (noise blurred at
+    sigma_j): coarse layers drag finer ones along. ``noise='standardised'`` gives every
+    blurred noise plane zero mean and unit std (the evident intent of the factory);
+    ``noise='factory'`` reproduces the public Python factory's arithmetic, whose blurred planes
+    keep std ~ 127.5 / (max|N| 2 sqrt(pi) sigma), so every coherent layer contributes about
+    equally instead of in proportion to its scale.
     """
+    if noise not in ("standardised", "factory"):
+        raise ValueError(f"eidolon noise {noise!r} not in ('standardised', 'factory')")
     h, w = shape
     n = len(sigmas)
     k_inc, k_coh = jax.random.split(rng)
-    inc = _standardise(_blur(jax.random.normal(k_inc, (n, h, w)),
-                             jnp.asarray(_periodic_gaussian_fft(h, w, np.array([grain])))))
-    coh = _standardise(_blur(jax.random.normal(k_coh, (n, h, w)),
-                             jnp.asarray(_periodic_gaussian_fft(h, w, sigmas))))
+    grain_fft = jnp.asarray(_periodic_gaussian_fft(h, w, np.array([grain])))
+    scale_fft = jnp.asarray(_periodic_gaussian_fft(h, w, sigmas))
+    white_inc = jax.random.normal(k_inc, (n, h, w))
+    white_coh = jax.random.normal(k_coh, (n, h, w))
+    if noise == "standardised":
+        inc = _standardise(_blur(white_inc, grain_fft))
+        coh = _standardise(_blur(white_coh, scale_fft))
+    else:
+        inc = _factory_noise(white_inc, grain_fft)
+        coh = _factory_noise(white_coh, scale_fft)
     coh = coh * jnp.asarray(sigmas / max_sigma, jnp.float32)[:, None, None]
     coh = jnp.cumsum(coh[::-1], axis=0)[::-1]
     return coherence * inc + coh
 
 
 def eidolon(image: jax.Array, reach: float, coherence: float, grain: float,
-            rng: jax.Array) -> jax.Array:
+            rng: jax.Array, noise: str = "standardised") -> jax.Array:
     """Eidolon (partially coherent disarray) of the greyscale image, [..., H, W, 3] in [0, 1].
 
     Steps (Eidolon factory): mirror-embed the grey image in a power-of-two canvas >= 1.5x its
@@ -404,7 +425,7 @@ def eidolon(image: jax.Array, reach: float, coherence: float, grain: float,
     the slices, crop, clip. ``reach`` is in pixels, ``coherence`` in [0, 1] weights the
     incoherent (``grain``-scale) part of the fields, as in the factory and 002's conditions
     (eidolon I/II/III: coherence 1, 0.3, 0; grain 10). The picture size is the input's longest
-    side (the 2018 stimuli were made at 256 px).
+    side (the 2018 stimuli were made at 256 px). ``noise``: see ``eidolon_displacements``.
     """
     _check_image(image)
     # reach and coherence may be traced (jit over levels without recompiling); grain may not.
@@ -433,8 +454,8 @@ def eidolon(image: jax.Array, reach: float, coherence: float, grain: float,
         scale_space = jnp.fft.irfft2(jnp.fft.rfft2(fat)[None] * scale_fft, s=(hh, ww))
         dog = jnp.concatenate([scale_space[:-1] - scale_space[1:], scale_space[-1:]], axis=0)
         kx, ky = jax.random.split(key)
-        dx = eidolon_displacements(kx, (hh, ww), sigmas, max_sigma, coherence, grain)
-        dy = eidolon_displacements(ky, (hh, ww), sigmas, max_sigma, coherence, grain)
+        dx = eidolon_displacements(kx, (hh, ww), sigmas, max_sigma, coherence, grain, noise)
+        dy = eidolon_displacements(ky, (hh, ww), sigmas, max_sigma, coherence, grain, noise)
         # Truncation of non-negative coordinates = floor, as in the factory's astype(int).
         r = jnp.clip(dx * reach + rows, 0, hh - 1).astype(jnp.int32)
         c = jnp.clip(dy * reach + cols, 0, ww - 1).astype(jnp.int32)
