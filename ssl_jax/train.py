@@ -136,6 +136,47 @@ def total_steps(config, num_train: int) -> int:
     return int(round(config.num_epochs * steps_per_epoch))
 
 
+def build_optimizer(config, steps: int):
+    """(schedule, optax transformation) from config.optimizer for a run of `steps` steps."""
+    oc = config.optimizer
+    warmup = int(oc.get("warmup_steps", 0) or round(oc.get("warmup_fraction", 0.0) * steps))
+    schedule = optim.learning_rate_schedule(oc.base_lr, config.batch_size, steps, warmup,
+                                            oc.get("scale_with_batch", True))
+    return schedule, optim.build_optimizer(oc.name, schedule, oc.weight_decay,
+                                           oc.get("momentum", 0.9))
+
+
+def abstract_train_state(method, tx, mesh, image_size: int):
+    """(jitted init fn rng -> replicated TrainState, its abstract shapes with shardings)."""
+    repl = sharding.replicated(mesh)
+    init_fn = jax.jit(lambda r: init_state(method, tx, r, (image_size, image_size, 3)),
+                      out_shardings=repl)
+    abstract = jax.eval_shape(init_fn, jax.random.key(0))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                            abstract)
+    return init_fn, abstract
+
+
+def load_trained(workdir: str, mesh=None):
+    """(config, method, state) of the newest readable checkpoint of a run_train workdir."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir!r} is not an ssl_jax run directory (no config.json)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    mesh = mesh or sharding.make_mesh()
+    method = get_method(config.method, config)
+    _, tx = build_optimizer(config, 1)
+    _, abstract = abstract_train_state(method, tx, mesh, config.dataset.image_size)
+    manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), keep=None,
+                                         save_every=1, async_save=False)
+    restored = checkpointing.restore_latest(manager, abstract)
+    manager.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    return config, method, restored[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------------
@@ -158,20 +199,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     steps = total_steps(config, num_train)
     size = config.dataset.image_size
 
-    # --- Optimizer ---
-    oc = config.optimizer
-    warmup = int(oc.get("warmup_steps", 0) or round(oc.get("warmup_fraction", 0.0) * steps))
-    schedule = optim.learning_rate_schedule(oc.base_lr, config.batch_size, steps, warmup,
-                                            oc.get("scale_with_batch", True))
-    tx = optim.build_optimizer(oc.name, schedule, oc.weight_decay, oc.get("momentum", 0.9))
+    schedule, tx = build_optimizer(config, steps)
 
     # --- State: abstract shapes first, so restore never materialises a throwaway init ---
     rng = jax.random.key(config.seed)
     init_rng, step_rng = jax.random.split(rng)
-    repl = sharding.replicated(mesh)
-    init_fn = jax.jit(lambda r: init_state(method, tx, r, (size, size, 3)), out_shardings=repl)
-    abstract = jax.eval_shape(init_fn, init_rng)
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), abstract)
+    init_fn, abstract = abstract_train_state(method, tx, mesh, size)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpointing.make_manager(ckpt_dir, keep=config.get("keep_checkpoints", 3),
                                          save_every=1)

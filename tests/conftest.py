@@ -11,3 +11,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS set too late?)"
+
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+# One persistent XLA compilation cache for the whole run (and the subprocesses tests start):
+# the trainer compiles the same programs in several tests.
+_CACHE = tempfile.mkdtemp(prefix="ssl_jax_xla_cache_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A TFDS data_dir holding the built-in dataset's `tiny` config, built once per run."""
+    import tensorflow_datasets as tfds
+
+    import ssl_jax.data.builtin  # noqa: F401
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("shapes_textures/tiny", data_dir=path).download_and_prepare()
+    return path

@@ -128,7 +128,7 @@ def eval_iterator(builder, split: str, global_batch_size: int, image_size: int,
     {"image": uint8 [b, S, S, 3], "label": int32 [b], "valid": bool [b], *extra_keys}."""
     nproc, pid = jax.process_count(), jax.process_index()
     local = global_batch_size // nproc
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_image_decoders(builder))
 
     def prepare(ex):
         image = _decode_image(builder, ex["image"])

@@ -1,0 +1,140 @@
+"""End-to-end trainer behaviour: SIGKILL resume, corrupt checkpoints, NaN guard, bad input."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import simclr as simclr_config
+from ssl_jax import metrics as metrics_lib, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(workdir, data_dir, *extra):
+    return [sys.executable, os.path.join(ROOT, "run_train.py"), "--config",
+            os.path.join(ROOT, "configs/simclr.py:smoke"), "--workdir", str(workdir),
+            f"--config.dataset.data_dir={data_dir}", "--config.eval.every_steps=0", *extra]
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def _final_params(workdir, step):
+    path = os.path.join(str(workdir), "checkpoints", str(step), "state")
+    restored = ocp.StandardCheckpointer().restore(path)
+    return restored["params"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    out = _run(_cmd(workdir, tiny_data_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_sigkill_mid_run_resumes_to_identical_parameters(uninterrupted_run, tiny_data_dir,
+                                                         tmp_path):
+    cmd = _cmd(tmp_path, tiny_data_dir)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill as soon as the first checkpoint (step 2 of 6) is committed.
+    deadline = time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(tmp_path / "checkpoints" / "2"):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.isdir(tmp_path / "checkpoints" / "6")
+
+    out = _run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resuming from checkpoint at step" in out.stdout
+    resumed = _final_params(tmp_path, 6)
+    reference = _final_params(uninterrupted_run, 6)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run, caplog):
+    import shutil
+    workdir = uninterrupted_run.parent / "corrupt_copy"
+    shutil.copytree(uninterrupted_run, workdir)
+    # Garble every file of the newest checkpoint's state.
+    for path in glob.glob(str(workdir / "checkpoints" / "6" / "state" / "**" / "*"),
+                          recursive=True):
+        if os.path.isfile(path):
+            with open(path, "wb") as f:
+                f.write(b"garbage")
+    with caplog.at_level("WARNING"):
+        config, method, state = train.load_trained(str(workdir))
+    assert int(state.step) == 4
+    assert "step 6 is unreadable" in caplog.text and "falling back" in caplog.text
+    assert os.path.isdir(workdir / "checkpoints" / "6.corrupt")  # moved aside, not deleted
+    good = _final_params(uninterrupted_run, 4)
+    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(good)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_before_checkpointing(tiny_data_dir, tmp_path):
+    config = simclr_config.get_config("smoke")
+    config.dataset.data_dir = tiny_data_dir
+    config.eval.every_steps = 0
+    config.num_steps = 2
+    config.checkpoint_every = 1
+    config.optimizer.base_lr = 1e30  # diverges at once
+    with pytest.raises(metrics_lib.NonFiniteLossError, match="non-finite metrics at step"):
+        train.train(config, str(tmp_path))
+    saved = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert "2" not in saved  # the NaN step was never written
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("method", "simclrr", "unknown method 'simclrr'; valid: supervised, simclr"),
+    ("model.name", "resnet19", "resnet19"),
+    ("dataset.name", "no_such_dataset", "unknown dataset 'no_such_dataset'"),
+    ("augment.preset", "fancy", "unknown augmentation preset 'fancy'"),
+])
+def test_bad_config_values_raise_one_line_errors(tiny_data_dir, tmp_path, field, value, expected):
+    config = simclr_config.get_config("smoke")
+    config.dataset.data_dir = tiny_data_dir
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    with pytest.raises(ValueError) as err:
+        train.train(config, str(tmp_path))
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert "valid" in message
+
+
+def test_unwritable_workdir_is_a_one_line_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    config = simclr_config.get_config("smoke")
+    try:
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+            target = "/proc/ssl_jax_workdir"
+        else:
+            target = str(locked / "run")
+        with pytest.raises(ValueError, match="is not writable"):
+            train.train(config, target)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_cli_unknown_config_key_is_one_line(tmp_path, tiny_data_dir):
+    out = _run(_cmd(tmp_path, tiny_data_dir, "--config.no_such_key=3"))
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "no_such_key" in last, out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "checkpoints")
