@@ -293,6 +293,10 @@ def test_robustness_curve_confusion_and_plots(tmp_path):
     m = D.confusion_matrix(curve["predictions"][1], labels, 2)
     np.testing.assert_array_equal(m, sk_confusion(labels, curve["predictions"][1]).T)
     assert D.response_concentration(m) == 1.0
+    with pytest.raises(ValueError, match="labels must be in"):
+        D.confusion_matrix(np.array([0, 2]), np.array([0, 1]), 2)
+    # A "no response" (-1) is left out of the counts.
+    assert D.confusion_matrix(np.array([-1, 1]), np.array([0, 1]), 2).sum() == 1
     assert D.response_concentration(D.confusion_matrix(labels, labels, 2)) == 0.5
 
     path = tmp_path / "curve.png"

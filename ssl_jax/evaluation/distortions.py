@@ -548,6 +548,9 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, n_classes: int
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape:
         raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ")
+    if predictions.max(initial=-1) >= n_classes or labels.max(initial=-1) >= n_classes \
+            or labels.min(initial=0) < 0:
+        raise ValueError(f"labels must be in [0, {n_classes}) and predictions < {n_classes}")
     m = np.zeros((n_classes, n_classes), np.int64)
     ok = predictions >= 0
     np.add.at(m, (predictions[ok], labels[ok]), 1)
