@@ -55,6 +55,10 @@ def test_builder_info_and_split_sizes(built):
         assert arrays["label"].min() >= 0 and arrays["label"].max() < K
         assert arrays["texture_label"].min() >= 0 and arrays["texture_label"].max() < T
         assert arrays["background"].min() >= 0 and arrays["background"].max() < 4
+    # The generation parameters travel with the data (metadata.json), read back here.
+    reloaded = tfds.builder("shapes_textures/tiny", data_dir=built[0])
+    assert reloaded.info.metadata["generation"]["texture_correlation"] == 0.5
+    assert reloaded.info.metadata["class_texture"] == builtin.CLASS_TEXTURE
     supervised = builder.as_dataset(split="test", as_supervised=True).take(1)
     (image, label), = tfds.as_numpy(supervised)
     assert image.shape == (32, 32, 3) and 0 <= label < K

@@ -169,6 +169,12 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
                 "bbox": tfds.features.BBoxFeature(),
             }),
             supervised_keys=("image", "label"),
+            # Saved as metadata.json next to the records, so built data documents the
+            # exact generation parameters and the class -> texture/background mappings.
+            metadata=tfds.core.MetadataDict(
+                generation={f: getattr(self.builder_config, f)
+                            for f in _render.Recipe.__annotations__},
+                class_texture=dict(CLASS_TEXTURE), class_background=dict(CLASS_BACKGROUND)),
         )
 
     def _split_generators(self, dl_manager):
