@@ -83,7 +83,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
         if not 0.1 <= lo <= hi <= 1.0:
             raise ValueError(f"scale_range={self.scale_range} must satisfy "
                              "0.1 <= min <= max <= 1")
-        for field in ("num_train", "num_test", "num_cue_conflict"):
+        for field in ("num_train", "num_test", "num_cue_conflict", "num_workers"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field}={getattr(self, field)} must be >= 0")
 
