@@ -258,3 +258,19 @@ def test_measures_work_inside_a_user_jit():
     cka, mcca = f(x.astype(np.float32), y.astype(np.float32))
     assert abs(float(cka) - float(sim.linear_cka(x, y, debiased=True))) <= 1e-6
     assert abs(float(mcca) - float(sim.mean_cca(x, y))) <= 1e-6
+
+
+def test_sharded_inputs_give_single_device_results():
+    # Examples sharded over the 8 fake devices (as a trainer's global batch would be).
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    shard = lambda a: jax.device_put(a.astype(np.float32), NamedSharding(mesh, P("data")))
+    for n, p1, p2 in CKA_SHAPES[:1] + [(24, 150, 60)]:
+        x, y = _data(n, p1, p2, seed=n + p1)
+        xs, ys = shard(x), shard(y)
+        assert len(xs.sharding.device_set) == 8
+        for debiased in (False, True):
+            assert abs(float(sim.linear_cka(xs, ys, debiased=debiased))
+                       - float(sim.linear_cka(x, y, debiased=debiased))) <= 1e-6
+    x, y = _data(40, 30, 8, seed=3)
+    assert abs(float(sim.rbf_cka(shard(x), shard(y))) - float(sim.rbf_cka(x, y))) <= 1e-6
