@@ -34,6 +34,12 @@ from ssl_jax.data.builtin_textures import (  # noqa: F401
     BACKGROUND_NAMES, CLASS_BACKGROUND, CLASS_TEXTURE, SHAPE_NAMES, SPLITS,
     TEXTURE_NAMES, encode_png, generate_chunk, mask_to_bbox)
 
+__all__ = [
+    "ShapesTextures", "ShapesTexturesConfig", "SHAPE_NAMES", "TEXTURE_NAMES",
+    "BACKGROUND_NAMES", "CLASS_TEXTURE", "CLASS_BACKGROUND", "SPLITS", "generate_chunk",
+    "encode_png", "mask_to_bbox",
+]
+
 # Below this many 512-example chunks a split is generated in-process: starting spawned
 # workers (~2 s of imports each) would cost more than it saves.
 _MIN_CHUNKS_FOR_POOL = 8
