@@ -97,6 +97,28 @@ def test_rebuild_in_worker_processes_gives_identical_bytes(built, tmp_path, monk
         assert open(f, "rb").read() == open(s, "rb").read(), f
 
 
+def test_records_have_sorted_feature_maps_and_patch_is_scoped(built):
+    """Byte-identical builds across processes need process-independent proto map order:
+    every record lists its features in sorted key order. The serializer patch that does
+    this must not outlive the build."""
+    data_dir, _, _ = built
+    path, = glob.glob(os.path.join(data_dir, "shapes_textures/tiny/*/*-test.tfrecord*"))
+    keys = [b"background", b"bbox", b"image", b"label", b"mask", b"texture_class",
+            b"texture_label"]
+    for i, record in enumerate(tf_records(path)):
+        # Each key is a length-prefixed string inside its map entry; find "\n<len><key>".
+        where = [record.find(b"\n" + bytes([len(k)]) + k) for k in keys]
+        assert min(where) >= 0 and where == sorted(where), (i, where)
+    serializer = tfds.core.example_serializer.ExampleSerializer.serialize_example
+    assert serializer.__qualname__ == "ExampleSerializer.serialize_example"
+
+
+def tf_records(path: str) -> list[bytes]:
+    import tensorflow as tf
+
+    return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
 def test_every_class_and_texture_present_and_classes_balanced(built):
     _, _, data = built
     for split in ("train", "test"):

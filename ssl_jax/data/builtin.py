@@ -18,6 +18,7 @@ Everything is a pure function of the config's seed; see docs/BUILTIN_DATASET.md.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -117,6 +118,31 @@ def _split_chunks(config: ShapesTexturesConfig, split: str,
                             [split] * n_chunks, range(n_chunks))
 
 
+@contextlib.contextmanager
+def _sorted_example_maps() -> Iterator[None]:
+    """While building, TFDS serialises tf.train.Examples with sorted feature maps.
+
+    Protobuf's map order is randomised per process, so without this two builds in two
+    processes write the same examples as different bytes; sorted keys make the record
+    files byte-identical across processes and machines. Scoped to our build; a TFDS
+    without `get_tf_example` is left alone (data still identical, bytes may not be).
+    """
+    cls = tfds.core.example_serializer.ExampleSerializer
+    if not hasattr(cls, "get_tf_example"):
+        yield
+        return
+    original = cls.serialize_example
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+    cls.serialize_example = serialize_example
+    try:
+        yield
+    finally:
+        cls.serialize_example = original
+
+
 # -------------------------------------------------------------------------- builder
 class ShapesTextures(tfds.core.GeneratorBasedBuilder):
     """Procedural shapes x textures x backgrounds; no download. See module docstring."""
@@ -160,6 +186,10 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
         # tensorflow-datasets 4.9.10 needs but does not install; TFDS only uses the path
         # to find a checksums file, and this dataset downloads nothing.
         return epath.Path(__file__)
+
+    def _download_and_prepare(self, dl_manager, download_config=None) -> None:
+        with _sorted_example_maps():
+            super()._download_and_prepare(dl_manager, download_config)
 
     def _info(self) -> tfds.core.DatasetInfo:
         r = self.builder_config.resolution
