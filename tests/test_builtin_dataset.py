@@ -382,3 +382,13 @@ def test_texture_family_is_recognisable_inside_the_mask(built):
     forest.fit(lbp_features(data["train"]), data["train"]["texture_label"])
     acc = forest.score(lbp_features(data["test"]), data["test"]["texture_label"])
     assert acc > 0.5, acc
+
+
+def test_partial_last_chunk_has_the_remaining_examples():
+    config = dataclasses.replace(_tiny_config(), num_test=tex.CHUNK + 30)
+    last = builtin.generate_chunk(config, "test", 1)
+    assert last["image"].shape == (30, 32, 32, 3)
+    assert np.bincount(last["label"], minlength=K).tolist() == [3] * K  # balanced
+    # The first chunk does not depend on how many examples follow it.
+    np.testing.assert_array_equal(builtin.generate_chunk(config, "test", 0)["image"],
+                                  builtin.generate_chunk(_tiny_config(), "test", 0)["image"])
