@@ -53,22 +53,26 @@ def c_grid(num: int = 45) -> np.ndarray:
 # Solver
 # ----------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _lbfgs_fit(x, y, inv_cn, w0, b0, tol, *, max_iter: int):
-    """Minimise mean CE + 0.5 * inv_cn * ||w||^2 from (w0, b0). Returns params, iters, max|g|."""
+def _lbfgs_fit(x, y, weights, C, w0, b0, tol, *, max_iter: int):
+    """Minimise sum_i s_i CE_i / S + ||w||^2 / (2 C S), S = sum_i s_i, from (w0, b0).
+
+    Returns (params, iterations, max |grad|)."""
     x = x.astype(jnp.float32)
-    mu = jnp.mean(x, axis=0)
+    total = jnp.sum(weights)
+    inv_cn = 1.0 / (C * total)
+    mu = weights @ x / total
     xc = x - mu
     # Exact diagonal preconditioner: optimise v = w / s. The curvature along w is about
     # feature variance (CE part) + inv_cn (penalty), along b about 1 (CE only); without the
     # rescaling a strongly regularised fit is so ill-conditioned that the float32 line search
     # stalls before the (unpenalised) bias has converged.
-    s = jax.lax.rsqrt(jnp.mean(jnp.var(x, axis=0)) + inv_cn)
+    s = jax.lax.rsqrt(jnp.sum(weights @ (xc * xc)) / (total * x.shape[1]) + inv_cn)
 
     def objective(p: LogRegParams) -> jax.Array:
         w = s * p.w
         logits = xc @ w + p.b
         true_logit = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
-        ce = jnp.mean(jax.nn.logsumexp(logits, axis=1) - true_logit)
+        ce = weights @ (jax.nn.logsumexp(logits, axis=1) - true_logit) / total
         return ce + 0.5 * inv_cn * jnp.sum(w * w)
 
     opt = optax.lbfgs(
@@ -108,6 +112,7 @@ def fit_logistic_regression(
     C: float,
     *,
     num_classes: int | None = None,
+    sample_weight: ArrayLike | None = None,
     init: LogRegParams | None = None,
     max_iter: int = 1000,
     tol: float = 1e-5,
@@ -118,6 +123,8 @@ def fit_logistic_regression(
       x: [N, D] features (any float dtype; computed in float32). y: [N] int labels in [0, K).
       C: inverse regularisation strength (sklearn convention).
       num_classes: K; defaults to ``max(y) + 1``.
+      sample_weight: [N] non-negative weights (sklearn semantics); a 0/1 mask selects a subset
+        without changing array shapes, so all fits on one array share a single compilation.
       init: warm start (w [D, K], b [K]); zeros by default.
       max_iter: L-BFGS iteration cap. tol: stop when max |grad| of the mean-scaled objective
         ``mean CE + ||w||^2 / (2 C N)`` is <= tol (sklearn's ``tol`` has the same meaning).
@@ -130,11 +137,15 @@ def fit_logistic_regression(
     if num_classes is None:
         num_classes = int(jnp.max(y)) + 1
     n, d = x.shape
+    if sample_weight is None:
+        sample_weight = np.ones((n,), np.float32)
+    if np.shape(sample_weight) != (n,):
+        raise ValueError(f"sample_weight must be [N]={n}, got shape {np.shape(sample_weight)}")
     if init is None:
         init = LogRegParams(jnp.zeros((d, num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
     params, iters, gmax = _lbfgs_fit(
-        x, y, jnp.float32(1.0 / (C * n)), init.w, init.b, jnp.float32(tol), max_iter=max_iter
-    )
+        x, y, jnp.asarray(sample_weight, jnp.float32), jnp.float32(C), init.w, init.b,
+        jnp.float32(tol), max_iter=max_iter)
     return params, {"iterations": float(iters), "grad_max": float(gmax)}
 
 
@@ -191,6 +202,7 @@ def linear_probe(
     val_y: ArrayLike | None = None,
     C: float | None = None,
     num_grid: int = 45,
+    c_values: Sequence[float] | None = None,
     metric: str = "top1",
     val_fraction: float = 0.2,
     seed: int = 0,
@@ -210,6 +222,7 @@ def linear_probe(
       C: if given, skip the grid search and fit train(+val) with this C (quick / sklearn parity).
       num_grid: number of points of the logspace(-6, 5) weight-decay grid (45 in 004; use e.g. 5
         for a cheap probe).
+      c_values: an explicit C grid instead (overrides num_grid).
       metric: "top1" or "mean_per_class"; the validation metric used to pick C.
       max_iter, tol: L-BFGS settings per fit (see ``fit_logistic_regression``).
       calibrate: also report test ECE (15 bins) and 5-fold temperature-scaled ECE as in 004.
@@ -230,28 +243,35 @@ def linear_probe(
         extra = [] if val_y is None else [int(np.max(val_y))]
         num_classes = int(max([train_y_np.max(), test_y_np.max(), *extra])) + 1
 
+    # One array for every fit; the train/val split is a 0/1 weight mask, so the grid and the
+    # refit share one compiled solver and sharded inputs are never gathered or re-laid out.
     if val_x is None:
-        tr_idx, va_idx = validation_split(train_x.shape[0], val_fraction, seed)
-        fit_x, fit_y = train_x[tr_idx], train_y_np[tr_idx]
-        v_x, v_y = train_x[va_idx], train_y_np[va_idx]
         all_x, all_y = train_x, train_y_np
+        _, va_idx = validation_split(train_x.shape[0], val_fraction, seed)
     else:
-        fit_x, fit_y = train_x, train_y_np
-        v_x, v_y = jnp.asarray(val_x), np.asarray(val_y).astype(np.int64)
-        all_x, all_y = jnp.concatenate([fit_x, v_x]), np.concatenate([fit_y, v_y])
+        val_y_np = np.asarray(val_y).astype(np.int64)
+        all_x = jnp.concatenate([train_x, jnp.asarray(val_x)])
+        all_y = np.concatenate([train_y_np, val_y_np])
+        va_idx = np.arange(train_x.shape[0], all_x.shape[0])
+    fit_mask = np.ones(all_x.shape[0], np.float32)
+    fit_mask[va_idx] = 0.0
+    v_y = all_y[va_idx]
 
-    fit = lambda x, y, c, init: fit_logistic_regression(  # noqa: E731
-        x, y, c, num_classes=num_classes, init=init, max_iter=max_iter, tol=tol)
+    fit = lambda mask, c, init: fit_logistic_regression(  # noqa: E731
+        all_x, all_y, c, num_classes=num_classes, sample_weight=mask, init=init,
+        max_iter=max_iter, tol=tol)
 
     result: dict[str, Any] = {}
     init = None
     if C is None:
         # Ascending C: each solution warm-starts the next, less regularised one (continuation).
-        cs = c_grid(num_grid)
+        cs = c_grid(num_grid) if c_values is None else np.sort(np.asarray(c_values, np.float64))
+        if cs.size == 0 or not np.all(cs > 0):
+            raise ValueError(f"c_values must be non-empty and > 0, got {c_values}")
         scores, solutions = [], []
         for c in cs:
-            init, _ = fit(fit_x, fit_y, float(c), init)
-            pred = np.asarray(jnp.argmax(_logits(init, v_x), axis=1))
+            init, _ = fit(fit_mask, float(c), init)
+            pred = np.asarray(jnp.argmax(_logits(init, all_x), axis=1))[va_idx]
             scores.append(accuracy_metrics(pred, v_y)[metric])
             solutions.append(init)
         best_C = select_best_C(cs, scores)
@@ -260,7 +280,7 @@ def linear_probe(
     else:
         best_C = float(C)
 
-    params, info = fit(all_x, all_y, best_C, init)
+    params, info = fit(np.ones_like(fit_mask), best_C, init)
     logits = _logits(params, test_x)
     pred = np.asarray(jnp.argmax(logits, axis=1))
     result.update(accuracy_metrics(pred, test_y_np))
