@@ -1,0 +1,384 @@
+"""SimCLR train-step throughput: ssl_jax vs an identical PyTorch model and loss on the same CPU.
+
+    .venv/bin/python benchmarks/simclr_throughput.py                 # JAX vs torch, interleaved
+    .venv/bin/python benchmarks/simclr_throughput.py --repeats 5 --steps 8
+    .venv/bin/python benchmarks/simclr_throughput.py --sweep         # XLA CPU options (JAX only)
+    .venv/bin/python benchmarks/simclr_throughput.py --xla-flags "--xla_cpu_use_thunk_runtime=false"
+    .venv/bin/python benchmarks/simclr_throughput.py --gpu           # ResNet-50 bf16 on a GPU
+
+Workload (CPU modes): SimCLR, ResNet-18 width 1 with the CIFAR stem (3x3 stride-1 conv, no
+max-pool), v1 projection head (Dense 512 -> ReLU -> Dense 128), NT-Xent mean over the 2N rows
+at T=0.5, LARS, batch 128 of 32 px images, two views each.
+
+Convention: **images/s counts source images**: one image = its 2 views (256 network passes per
+step of batch 128). Both sides use it.
+
+- JAX: the real trainer step, `ssl_jax.train.make_train_step` on the simclr method built from
+  `configs/simclr.py:cifar10` (batch 128), `jax.jit(..., donate_argnums=0)`, ONE CPU device
+  (the fake-device XLA flag of the tests is never passed to the workers), timed after warm-up,
+  blocking on the new state and metrics each step. Two variants, compiled in the same process and
+  timed alternately: `aug` (the simclr_cifar preset: colour jitter p=0.8 + grayscale p=0.2 on
+  device, as in training) and `noaug` (the same step with a preset whose device ops are the
+  identity: uint8 -> float and clip only; host crops/flips are never part of the step).
+- PyTorch: the hand-written torchvision-layout ResNet of tests/test_convert_torchvision.py
+  (imported, not copied), the same head, loss, input normalisation and uint8 -> float
+  conversion, and a hand-written LARS step with the same rule as optax.lars (decay, trust ratio
+  eta*||w||/||g + wd w|| on weights with ndim > 1, momentum), `torch.set_num_threads(cores)`.
+  No augmentation on the torch side, so `noaug` is the like-for-like ratio.
+
+Each measurement runs in a fresh subprocess (XLA_FLAGS are read once per process); JAX and
+torch runs are interleaved and repeated, and the 1-minute load average is recorded beside each,
+because a shared machine's numbers drift. Reported: per-run median step time -> images/s, then
+the median over runs, and the median of the per-repeat JAX/torch ratios.
+
+`--sweep` times the JAX step (noaug, then aug) under each XLA CPU setting in SWEEP and checks
+that the first-step loss and gradient norm match the default setting (fast-math changes them).
+`--gpu`: ResNet-50, bfloat16 compute_dtype, batch 256, 224 px, `configs/simclr.py:imagenet`
+preset and optimizer, on the first GPU, in-process; prints the GPU's name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# XLA CPU settings tried by --sweep: (name, XLA_FLAGS, config overrides). Flags were checked to
+# exist in jaxlib 0.10.2 (unknown flags abort XLA); see docs/BENCHMARKS.md for the results.
+SWEEP: list[tuple[str, str, dict]] = [
+    ("default", "", {}),
+    ("no_multi_thread_eigen", "--xla_cpu_multi_thread_eigen=false", {}),
+    ("legacy_runtime", "--xla_cpu_use_thunk_runtime=false", {}),
+    ("fast_math", "--xla_cpu_enable_fast_math=true", {}),
+    ("xnn_conv", "--xla_cpu_experimental_xnn_fusion_type=individual_convolution", {}),
+    ("xnn_dot_conv",
+     "--xla_cpu_experimental_xnn_fusion_type=individual_dot,individual_convolution", {}),
+    ("ynn_conv", "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", {}),
+    ("onednn_dot_eltwise", "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise", {}),
+    ("xnn_graph_greedy",
+     "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}),
+    ("bf16_compute", "", {"compute_dtype": "bfloat16"}),
+]
+
+NOAUG_OVERRIDES = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX worker
+# ---------------------------------------------------------------------------------------------
+
+def jax_config(model: str, batch: int, size: int, compute_dtype: str):
+    """The simclr config the step is built from: cifar10 (R18, CIFAR stem) or imagenet (R50)."""
+    from configs import simclr as simclr_config
+    config = simclr_config.get_config("imagenet" if model == "resnet50" else "cifar10")
+    config.batch_size = batch
+    config.model.update(name=model, width=1.0, cifar_stem=(model != "resnet50"))
+    config.dataset.image_size = size
+    config.compute_dtype = compute_dtype
+    return config
+
+
+def run_jax(args) -> dict:
+    """Times the ssl_jax train step (variants aug/noaug, alternating); returns a result dict."""
+    import jax
+    import numpy as np
+
+    from ssl_jax import train
+    from ssl_jax.data import augment
+    from ssl_jax.methods import get_method
+
+    if not args.gpu and len(jax.devices()) != 1:
+        raise RuntimeError(f"expected one CPU device, got {jax.devices()}; "
+                           "unset --xla_force_host_platform_device_count")
+    config = jax_config(args.model, args.batch, args.size, args.compute_dtype)
+    method = get_method("simclr", config)
+    schedule, tx = train.build_optimizer(config, steps=10_000)
+    presets = {"aug": augment.get_preset(config.augment.preset),
+               "noaug": augment.get_preset(config.augment.preset, **NOAUG_OVERRIDES)}
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in presets:
+            raise ValueError(f"unknown variant {v!r}; valid: aug, noaug")
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, 2, args.size, args.size, 3), dtype=np.uint8)
+    batch = jax.device_put({"image": images, "label": np.zeros(args.batch, np.int32)})
+    step_rng = jax.random.key(1)
+    init = jax.jit(lambda r: train.init_state(method, tx, r, (args.size, args.size, 3)))
+
+    steps, states, out = {}, {}, {"side": "jax", "device": jax.devices()[0].device_kind,
+                                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                                  "compute_dtype": args.compute_dtype, "load_start": load_average()}
+    for v in variants:
+        fn = jax.jit(train.make_train_step(method, tx, presets[v], schedule), donate_argnums=0)
+        states[v] = init(jax.random.key(0))
+        t0 = time.perf_counter()
+        steps[v] = fn.lower(states[v], batch, step_rng).compile()
+        out[f"{v}_compile_s"] = time.perf_counter() - t0
+        # First step from the same init and batch under every flag setting: the numerics check.
+        states[v], m = steps[v](states[v], batch, step_rng)
+        m = jax.device_get(m)
+        out[f"{v}_first_loss"] = float(m["loss"])
+        out[f"{v}_first_grad_norm"] = float(m["grad_norm"])
+    for _ in range(args.warmup - 1):
+        for v in variants:
+            states[v], m = steps[v](states[v], batch, step_rng)
+            jax.block_until_ready((states[v], m))
+    times = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    for _ in range(args.steps):
+        for v in variants:
+            t0, c0 = time.perf_counter(), time.process_time()
+            states[v], m = steps[v](states[v], batch, step_rng)
+            jax.block_until_ready((states[v], m))
+            times[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+    for v in variants:
+        out[f"{v}_step_s"] = times[v]
+        out[f"{v}_img_s"] = args.batch / statistics.median(times[v])
+        out[f"{v}_cpu_s"] = cpu[v]
+        out[f"{v}_img_per_cpu_s"] = args.batch / statistics.median(cpu[v])
+    out["load_end"] = load_average()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch worker
+# ---------------------------------------------------------------------------------------------
+
+def run_torch(args) -> dict:
+    """Times the identical torch model + NT-Xent + LARS step (no augmentation)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from tests.test_convert_torchvision import TorchBasicBlock, TorchResNet
+
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    backbone = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], num_classes=None, cifar_stem=True)
+    head = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 128))
+    params = list(backbone.parameters()) + list(head.parameters())
+    momenta = [torch.zeros_like(p) for p in params]
+    lr, wd, eta, mom, temperature = 0.5, 1e-6, 1e-3, 0.9, 0.5
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    backbone.to(memory_format=memory_format)
+    backbone.train()
+
+    def nt_xent(z: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(z.float(), dim=1)
+        n = z.shape[0] // 2
+        logits = z @ z.T / temperature
+        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), -1e9)
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+        return nn.functional.cross_entropy(logits, target)  # mean over the 2N rows
+
+    @torch.no_grad()
+    def lars_update():
+        # optax.lars order: decay, trust ratio on ndim > 1 leaves, momentum (trace), -lr.
+        for p, buf in zip(params, momenta):
+            g = p.grad
+            if p.ndim > 1:
+                g = g.add(p, alpha=wd)
+                w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                ratio = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
+                                    torch.ones_like(w_norm))
+                g = g * ratio
+            buf.mul_(mom).add_(g)
+            p.sub_(buf, alpha=lr)
+
+    def step(images_uint8: torch.Tensor) -> float:
+        # images: uint8 [B, 2, 3, H, W] -> the two views concatenated, as the JAX method does.
+        x = torch.cat([images_uint8[:, 0], images_uint8[:, 1]]).float().div_(255.0)
+        x = ((x - mean) / std).contiguous(memory_format=memory_format)
+        for p in params:
+            p.grad = None
+        h, _ = backbone(x)
+        loss = nt_xent(head(h))
+        loss.backward()
+        lars_update()
+        return loss.item()
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (args.batch, 2, 3, args.size, args.size),
+                                           dtype=np.uint8))
+    out = {"side": "torch", "threads": threads, "channels_last": args.channels_last,
+           "torch": torch.__version__, "load_start": load_average()}
+    out["noaug_first_loss"] = step(images)
+    for _ in range(args.warmup - 1):
+        step(images)
+    times, cpu = [], []
+    for _ in range(args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(images)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    out["noaug_step_s"] = times
+    out["noaug_img_s"] = args.batch / statistics.median(times)
+    out["noaug_cpu_s"] = cpu
+    out["noaug_img_per_cpu_s"] = args.batch / statistics.median(cpu)
+    out["load_end"] = load_average()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration: fresh subprocesses, interleaved, repeated
+# ---------------------------------------------------------------------------------------------
+
+def spawn(side: str, args, xla_flags: str = "", extra: list[str] | None = None) -> dict:
+    """Runs one worker in a fresh process with exactly `xla_flags` (never the tests' fake
+    devices); returns its JSON result, or {"error": ...} when XLA rejects the flags."""
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
+           "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--variants", args.variants] + (["--channels-last"] if args.channels_last else [])
+    cmd += extra or []
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"side": side, "xla_flags": xla_flags, "error": " | ".join(tail)}
+
+
+def _fmt(result: dict, variant: str) -> str:
+    if "error" in result:
+        return f"ERROR {result['error'][:160]}"
+    return (f"{result.get(variant + '_img_s', float('nan')):7.2f} img/s "
+            f"{result.get(variant + '_img_per_cpu_s', float('nan')):6.2f} img/cpu-s "
+            f"(load {result['load_start']:.1f}->{result['load_end']:.1f})")
+
+
+def compare(args) -> dict:
+    """JAX (default or --xla-flags) and torch, interleaved `repeats` times."""
+    runs = []
+    for r in range(args.repeats):
+        j = spawn("jax", args, args.xla_flags)
+        t = spawn("torch", args)
+        runs.append({"jax": j, "torch": t})
+        print(f"repeat {r}: jax noaug {_fmt(j, 'noaug')}; jax aug {_fmt(j, 'aug')}; "
+              f"torch {_fmt(t, 'noaug')}", flush=True)
+    ok = [x for x in runs if "error" not in x["jax"] and "error" not in x["torch"]]
+    if not ok:
+        raise RuntimeError("every repeat failed; see the errors above")
+    summary = {"repeats": len(ok), "batch": args.batch, "size": args.size,
+               "xla_flags": args.xla_flags, "torch_threads": ok[0]["torch"]["threads"]}
+    # Wall-clock rate, and images per CPU-second of the process (all its threads): the latter
+    # is less sensitive to how much of the shared machine each run happened to get.
+    for unit in ("img_s", "img_per_cpu_s"):
+        torch_rate = [x["torch"][f"noaug_{unit}"] for x in ok]
+        summary[f"torch_{unit}_median"] = statistics.median(torch_rate)
+        for v in args.variants.split(","):
+            rate = [x["jax"][f"{v}_{unit}"] for x in ok]
+            summary[f"jax_{v}_{unit}_median"] = statistics.median(rate)
+            summary[f"ratio_{v}_{unit}_of_medians"] = (statistics.median(rate)
+                                                       / statistics.median(torch_rate))
+            summary[f"ratio_{v}_{unit}_median_per_repeat"] = statistics.median(
+                a / b for a, b in zip(rate, torch_rate))
+    loads = [x[s][k] for x in ok for s in ("jax", "torch") for k in ("load_start", "load_end")]
+    summary["load_min_median_max"] = (min(loads), statistics.median(loads), max(loads))
+    print(json.dumps(summary, indent=1))
+    return {"summary": summary, "runs": runs}
+
+
+def sweep(args) -> dict:
+    """Each SWEEP setting once per round, `repeats` rounds (rounds interleave the settings)."""
+    names = args.only.split(",") if args.only else [s[0] for s in SWEEP]
+    settings = {s[0]: s for s in SWEEP}
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+        raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {list(settings)}")
+    results: dict[str, list] = {n: [] for n in names}
+    for r in range(args.repeats):
+        for n in names:
+            _, flags, cfg = settings[n]
+            extra = ["--compute-dtype", cfg["compute_dtype"]] if "compute_dtype" in cfg else []
+            res = spawn("jax", args, flags, extra)
+            results[n].append(res)
+            print(f"round {r} {n:24s} noaug {_fmt(res, 'noaug')}  aug {_fmt(res, 'aug')}",
+                  flush=True)
+    base = next((x for x in results.get("default", []) if "error" not in x), None)
+    table = []
+    for n in names:
+        ok = [x for x in results[n] if "error" not in x]
+        row = {"setting": n, "xla_flags": settings[n][1], **settings[n][2]}
+        if not ok:
+            row["error"] = results[n][0]["error"]
+        for v in args.variants.split(","):
+            if ok:
+                row[f"{v}_img_s_median"] = statistics.median(x[f"{v}_img_s"] for x in ok)
+                row[f"{v}_img_per_cpu_s_median"] = statistics.median(
+                    x[f"{v}_img_per_cpu_s"] for x in ok)
+                row[f"{v}_compile_s"] = statistics.median(x[f"{v}_compile_s"] for x in ok)
+                if base is not None:
+                    row[f"{v}_first_loss_diff"] = ok[0][f"{v}_first_loss"] - base[f"{v}_first_loss"]
+                    row[f"{v}_first_grad_norm_rel_diff"] = (
+                        ok[0][f"{v}_first_grad_norm"] / base[f"{v}_first_grad_norm"] - 1)
+        if ok:
+            row["load"] = statistics.median(x["load_start"] for x in ok)
+        table.append(row)
+        print(json.dumps(row))
+    return {"table": table, "runs": results}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--sweep", action="store_true", help="time the XLA CPU settings in SWEEP")
+    p.add_argument("--only", default="", help="comma-separated SWEEP names (with --sweep)")
+    p.add_argument("--gpu", action="store_true", help="ResNet-50 bf16 batch 256 224 px on GPU")
+    p.add_argument("--xla-flags", default="", help="XLA_FLAGS for the JAX side of the compare")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (>= 1) after compile")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--channels-last", action="store_true", help="torch channels_last layout")
+    p.add_argument("--variants", default="noaug,aug", help="JAX step variants: noaug,aug")
+    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--model", default="resnet18", choices=("resnet18", "resnet50"))
+    p.add_argument("--out", default="", help="also write the results as JSON here")
+    args = p.parse_args()
+    if args.warmup < 1:
+        raise ValueError(f"--warmup={args.warmup} must be >= 1 (the first step is the compile "
+                         "check)")
+
+    if args.worker:
+        print(json.dumps(run_jax(args) if args.worker == "jax" else run_torch(args)))
+        return
+    if args.gpu:
+        import jax
+        if jax.default_backend() != "gpu":
+            raise SystemExit(f"--gpu needs a GPU backend; jax.default_backend() is "
+                             f"{jax.default_backend()!r}")
+        args.model, args.compute_dtype, args.batch, args.size = "resnet50", "bfloat16", 256, 224
+        result = run_jax(args)
+        print(f"GPU {result['device']}: ResNet-50 SimCLR bf16 batch 256 224 px: "
+              + ", ".join(f"{v} {result[v + '_img_s']:.1f} img/s"
+                          for v in args.variants.split(",")))
+    else:
+        result = sweep(args) if args.sweep else compare(args)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
