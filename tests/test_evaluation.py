@@ -282,3 +282,40 @@ def test_few_shot_matches_numpy_protonet_and_sharding():
     assert out["ci95"] == pytest.approx(1.96 * np.std(accs) / np.sqrt(40), abs=1e-6)
     assert 20 < out["mean"] < 100
     assert ev.few_shot(_shard(x), _shard(y), episodes=40, chunk=16) == out
+
+
+# ------------------------------------------------------------------------------ SGD linear eval
+def test_linear_probe_sgd_matches_torch_sgd_and_sharding():
+    import math
+
+    import torch
+
+    x, y = _clusters(320, 8, 3, 0.8, seed=10)
+    tr_x, tr_y, te_x, te_y = x[:256], y[:256], x[256:], y[256:]
+    kw = dict(epochs=3, batch_size=64, learning_rate=0.05, momentum=0.9, weight_decay=1e-2, seed=4)
+    out = ev.linear_probe_sgd(tr_x, tr_y, te_x, te_y, **kw)
+    # Independent reference: torch SGD (coupled weight decay on w only) on the same batches.
+    w = torch.zeros(8, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [w], "weight_decay": 1e-2}, {"params": [b], "weight_decay": 0.0}],
+                          lr=0.05, momentum=0.9)
+    rng, total, t = np.random.default_rng(4), 3 * 4, 0
+    for _ in range(3):
+        perm, losses = rng.permutation(256), []
+        for i in range(4):
+            idx = perm[i * 64:(i + 1) * 64]
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * 0.5 * (1 + math.cos(math.pi * t / total))
+            loss = torch.nn.functional.cross_entropy(
+                torch.from_numpy(tr_x[idx].astype(np.float64)) @ w + b, torch.from_numpy(tr_y[idx]))
+            losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t += 1
+    pred = (te_x.astype(np.float64) @ w.detach().numpy() + b.detach().numpy()).argmax(1)
+    assert out["top1"] == pytest.approx(100 * np.mean(pred == te_y), abs=1e-9)
+    # Last-epoch losses depend on every earlier update: a trajectory check, not just accuracy.
+    assert out["train_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
+    assert out["train_loss"] < 0.9 * math.log(3)
+    assert ev.linear_probe_sgd(_shard(tr_x), tr_y, _shard(te_x), te_y, **kw)["top1"] == out["top1"]

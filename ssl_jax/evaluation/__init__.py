@@ -13,7 +13,7 @@ from ssl_jax.evaluation.calibration import (
 )
 from ssl_jax.evaluation.few_shot import few_shot, sample_episodes
 from ssl_jax.evaluation.knn import knn
-from ssl_jax.evaluation.linear_probe import fit_logistic_regression, linear_probe
+from ssl_jax.evaluation.linear_probe import fit_logistic_regression, linear_probe, linear_probe_sgd
 
 __all__ = [
     "expected_calibration_error",
@@ -21,6 +21,7 @@ __all__ = [
     "fit_logistic_regression",
     "knn",
     "linear_probe",
+    "linear_probe_sgd",
     "reliability_diagram",
     "sample_episodes",
     "temperature_scale",

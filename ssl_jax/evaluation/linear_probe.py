@@ -293,3 +293,76 @@ def linear_probe(
     if return_logits:
         result["test_logits"] = np.asarray(logits)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# SGD linear evaluation (ImageNet-scale features, where full-batch L-BFGS over a grid is too slow)
+# ----------------------------------------------------------------------------------------------
+def _sgd_optimizer(learning_rate: float, total_steps: int, momentum: float, weight_decay: float):
+    # Coupled L2 (added to the gradient before momentum), i.e. torch.optim.SGD(weight_decay=...),
+    # applied to w only: the bias is unpenalised, as in the L-BFGS probe.
+    decay_mask = LogRegParams(w=True, b=False)
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(weight_decay), decay_mask),
+        optax.sgd(optax.cosine_decay_schedule(learning_rate, total_steps), momentum=momentum),
+    )
+
+
+def linear_probe_sgd(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    test_y: ArrayLike,
+    *,
+    epochs: int = 100,
+    batch_size: int = 1024,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Minibatch SGD linear evaluation (momentum, cosine-decayed learning rate, no grid search).
+
+    train_x [N, D] / test_x [M, D] features (numpy: batches are gathered on the host; jax:
+    on device), int labels [N] / [M]. Each epoch visits a fresh permutation from
+    ``np.random.default_rng(seed)``, dropping the last partial batch (static shapes, one compile).
+    Loss: mean softmax cross-entropy; ``weight_decay`` is coupled L2 on w only.
+    Returns {"top1", "mean_per_class"} in percent and "train_loss" (mean over the last epoch).
+    """
+    n = train_x.shape[0]
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be in [1, N={n}], got {batch_size}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    train_y_np, test_y_np = np.asarray(train_y).astype(np.int32), np.asarray(test_y).astype(np.int64)
+    if num_classes is None:
+        num_classes = int(max(train_y_np.max(), test_y_np.max())) + 1
+    steps_per_epoch = n // batch_size
+    opt = _sgd_optimizer(learning_rate, epochs * steps_per_epoch, momentum, weight_decay)
+    params = LogRegParams(jnp.zeros((train_x.shape[1], num_classes), jnp.float32),
+                          jnp.zeros((num_classes,), jnp.float32))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, xb, yb):
+        def loss_fn(p):
+            logits = xb.astype(jnp.float32) @ p.w + p.b
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        losses = []
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            params, opt_state, loss = step(params, opt_state, train_x[idx], train_y_np[idx])
+            losses.append(loss)
+    pred = np.asarray(jnp.argmax(_logits(params, jnp.asarray(test_x)), axis=1))
+    result = accuracy_metrics(pred, test_y_np)
+    result["train_loss"] = float(np.mean(np.asarray(jnp.stack(losses))))
+    return result
