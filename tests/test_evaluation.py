@@ -94,6 +94,10 @@ def test_c_grid_and_tie_break():
     assert select_best_C([1.0, 2.0], [50.0, 49.0]) == 1.0
     with pytest.raises(ValueError, match="metric"):
         ev.linear_probe(np.zeros((8, 2)), np.zeros(8), np.zeros((8, 2)), np.zeros(8), metric="top5")
+    with pytest.raises(ValueError, match="num_classes=2"):
+        ev.linear_probe(np.zeros((8, 2)), np.arange(8) % 2 - 1, np.zeros((8, 2)), np.zeros(8), num_classes=2)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        ev.knn(np.ones((8, 2)), np.arange(8) % 4, np.ones((2, 2)), np.zeros(2), num_classes=3)
 
 
 def test_validation_split_is_004s_legacy_shuffle():
@@ -319,3 +323,18 @@ def test_linear_probe_sgd_matches_torch_sgd_and_sharding():
     assert out["train_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
     assert out["train_loss"] < 0.9 * math.log(3)
     assert ev.linear_probe_sgd(_shard(tr_x), tr_y, _shard(te_x), te_y, **kw)["top1"] == out["top1"]
+
+
+def test_linear_probe_official_val_split(probe_data):
+    """With val_x/val_y given, C is chosen on exactly that split and the refit uses train+val."""
+    tr_x, tr_y, te_x, te_y = probe_data
+    out = ev.linear_probe(tr_x[:400], tr_y[:400], te_x, te_y, val_x=tr_x[400:], val_y=tr_y[400:],
+                          c_values=[1e-4, 0.1], calibrate=False, return_logits=True)
+    for c, score in zip([1e-4, 0.1], out["val_scores"]):
+        clf = LogisticRegression(C=c, tol=1e-8, max_iter=3000).fit(tr_x[:400].astype(np.float64), tr_y[:400])
+        assert abs(score - 100 * clf.score(tr_x[400:], tr_y[400:])) <= 100 / 200 + 1e-9
+    assert out["best_C"] == 0.1
+    ref = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(tr_x.astype(np.float64), tr_y)
+    np.testing.assert_allclose(out["test_logits"] - out["test_logits"].mean(1, keepdims=True),
+                               ref.decision_function(te_x) - ref.decision_function(te_x).mean(1, keepdims=True),
+                               atol=2e-3)

@@ -65,6 +65,8 @@ def knn_scores(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if num_classes is None:
         num_classes = int(jnp.max(train_y)) + 1
+    if int(jnp.min(train_y)) < 0 or int(jnp.max(train_y)) >= num_classes:
+        raise ValueError(f"train_y must be ints in [0, num_classes={num_classes})")
     k = min(k, train_x.shape[0])
     m = test_x.shape[0]
     batch_size = max(1, min(batch_size, m))

@@ -242,6 +242,10 @@ def linear_probe(
     if num_classes is None:
         extra = [] if val_y is None else [int(np.max(val_y))]
         num_classes = int(max([train_y_np.max(), test_y_np.max(), *extra])) + 1
+    for name, labels in (("train_y", train_y_np), ("test_y", test_y_np)):
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"{name} must be ints in [0, num_classes={num_classes}), "
+                             f"got range [{labels.min()}, {labels.max()}]")
 
     # One array for every fit; the train/val split is a 0/1 weight mask, so the grid and the
     # refit share one compiled solver and sharded inputs are never gathered or re-laid out.
