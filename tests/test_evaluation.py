@@ -48,6 +48,14 @@ def test_logreg_matches_sklearn(probe_data, C):
     assert info["grad_max"] <= 1e-4
 
 
+def test_logreg_sample_weight_matches_sklearn(probe_data):
+    tr_x, tr_y, _, _ = probe_data
+    sw = np.random.default_rng(11).uniform(0.0, 2.0, len(tr_y))
+    params, _ = ev.fit_logistic_regression(tr_x, tr_y, 0.3, sample_weight=sw, tol=1e-6)
+    ref = LogisticRegression(C=0.3, tol=1e-10, max_iter=10_000).fit(tr_x.astype(np.float64), tr_y, sample_weight=sw)
+    np.testing.assert_allclose(np.asarray(params.w), ref.coef_.T, atol=2e-3 * np.abs(ref.coef_).max())
+
+
 def test_linear_probe_grid_matches_sklearn_protocol(probe_data):
     """Same split, same grid: validation scores, chosen C and test accuracy agree with sklearn."""
     tr_x, tr_y, te_x, te_y = probe_data
