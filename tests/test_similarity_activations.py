@@ -47,7 +47,7 @@ def setup():
 def test_capture_flatten_and_names(setup):
     model, variables, batches, inter = setup
     acts = capture(model, variables, batches, progress=False)
-    assert set(acts) == {"conv", "_Act_0/out[0]", "_Act_0/out[1]", "dense"}
+    assert list(acts) == ["conv", "_Act_0/out[0]", "_Act_0/out[1]", "dense"]  # sow order
     np.testing.assert_allclose(acts["conv"], inter["conv"][0].reshape(10, -1), atol=1e-5)
     np.testing.assert_allclose(acts["_Act_0/out[1]"], inter["_Act_0"]["out"][1].reshape(10, -1),
                                atol=1e-5)
@@ -56,7 +56,8 @@ def test_capture_flatten_and_names(setup):
 
 def test_capture_gap_and_positions(setup):
     model, variables, batches, inter = setup
-    gap = capture(model, variables, batches, layers=["conv", "dense"], mode="gap", progress=False)
+    gap = capture(model, variables, batches, layers=["dense", "conv"], mode="gap", progress=False)
+    assert list(gap) == ["dense", "conv"]  # the requested order, not jit's sorted keys
     np.testing.assert_allclose(gap["conv"], inter["conv"][0].mean(axis=(1, 2)), atol=1e-5)
     np.testing.assert_allclose(gap["dense"], inter["dense"][0], atol=1e-5)
     pos = capture(model, variables, batches, layers=["conv"], mode="positions", positions_size=4,

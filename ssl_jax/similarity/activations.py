@@ -72,7 +72,8 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
             layers: Optional[Sequence[str]] = None, mode: str = "flatten", positions_size: int = 32,
             batch_key: str = "image", apply_kwargs: Optional[Mapping[str, Any]] = None,
             progress: bool = True) -> dict[str, np.ndarray]:
-    """Runs `model` over `batches` and returns {layer name: np.ndarray [n_examples, n_features]}.
+    """Runs `model` over `batches` and returns {layer name: np.ndarray [n_examples, n_features]}
+    in `layers` order (None: the models' sow order).
 
     model: a Linen module, or an apply function with `module.apply`'s signature.
     batches: iterable of arrays `[b, ...]` or dicts holding one under `batch_key`; a short final
@@ -87,6 +88,8 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
     apply = model.apply if isinstance(model, nn.Module) else model
     kwargs = dict({"train": False} if apply_kwargs is None else apply_kwargs)
 
+    names: list[str] = []  # filled at trace time; jit would return a dict in sorted key order
+
     @jax.jit
     def features(x):
         _, state = apply(variables, x, mutable=["intermediates"], **kwargs)
@@ -96,7 +99,8 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
             if missing:  # raised at trace time, before any batch is processed
                 raise ValueError(f"unknown layers {missing}; available: {sorted(acts)}")
             acts = {name: acts[name] for name in layers}
-        return {name: to_examples(a, mode, positions_size) for name, a in acts.items()}
+        names[:] = list(acts)
+        return tuple(to_examples(a, mode, positions_size) for a in acts.values())
 
     chunks: dict[str, list[np.ndarray]] = {}
     batch_size = None
@@ -111,7 +115,8 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
         if b < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], x.dtype)])
         per_example = 1 if mode != "positions" else positions_size * positions_size
-        for name, a in features(x).items():
+        outputs = features(x)  # the first call traces and fills `names`
+        for name, a in zip(names, outputs):
             chunks.setdefault(name, []).append(np.asarray(a)[: b * per_example])
     if batch_size is None:
         raise ValueError("batches is empty")
