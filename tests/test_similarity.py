@@ -278,3 +278,18 @@ def test_sharded_inputs_give_single_device_results():
                        - float(sim.linear_cka(x, y, debiased=debiased))) <= 1e-6
     x, y = _data(40, 30, 8, seed=3)
     assert abs(float(sim.rbf_cka(shard(x), shard(y))) - float(sim.rbf_cka(x, y))) <= 1e-6
+
+
+def test_centring_operators_match_hsic_definitions():
+    rng = np.random.default_rng(12)
+    a, b = rng.standard_normal((2, 9, 3))
+    k, l = a @ a.T, np.exp(-scipy.spatial.distance.cdist(b, b, "sqeuclidean"))
+    n = 9
+    uk, ul = np.asarray(sim.u_centre(k)), np.asarray(sim.u_centre(l))
+    assert abs(np.sum(uk * ul) / (n * (n - 3)) - _hsic_unbiased(k, l)) <= 1e-5
+    assert np.allclose(np.diag(uk), 0) and np.allclose(uk, uk.T, atol=1e-6)
+    h = np.eye(n) - 1.0 / n
+    np.testing.assert_allclose(np.asarray(sim.double_centre(k)), h @ k @ h, atol=1e-5)
+    # SVCCA keeping every direction is mean CCA.
+    x, y = _data(60, 5, 9, seed=45, coupling=0.5)
+    assert abs(float(sim.svcca(x, y, keep=1.0)) - float(sim.mean_cca(x, y))) <= 1e-6
