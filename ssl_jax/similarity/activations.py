@@ -91,7 +91,7 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
     names: list[str] = []  # filled at trace time; jit would return a dict in sorted key order
 
     @jax.jit
-    def features(x):
+    def features(variables, x):  # variables as an argument: closed-over weights become constants
         _, state = apply(variables, x, mutable=["intermediates"], **kwargs)
         acts = flatten_intermediates(state.get("intermediates", {}))
         if layers is not None:
@@ -115,7 +115,7 @@ def capture(model: Union[nn.Module, Callable], variables: Mapping, batches: Iter
         if b < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], x.dtype)])
         per_example = 1 if mode != "positions" else positions_size * positions_size
-        outputs = features(x)  # the first call traces and fills `names`
+        outputs = features(variables, x)  # the first call traces and fills `names`
         for name, a in zip(names, outputs):
             chunks.setdefault(name, []).append(np.asarray(a)[: b * per_example])
     if batch_size is None:
