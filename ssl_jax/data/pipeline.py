@@ -72,21 +72,11 @@ def _decode_image(builder, encoded):
     return image
 
 
-def host_view(image: tf.Tensor, index: tf.Tensor, view_index: int, view, seed: int,
-              size: int) -> tf.Tensor:
-    """Crop and flip one view of one example. Seeds depend on (seed, global example index,
-    view), never on the process count, so any sharding or a resumed run sees the same crops."""
-    base = tf.cast(seed, tf.int64) * 1_000_003 + 2 * view_index
-    crop_seed = tf.stack([base, index])
-    flip_seed = tf.stack([base + 1, index])
-    if view.crop == "random_resized":
-        image = crop.random_resized_crop(image, crop_seed, size, scale=view.crop_scale,
-                                         ratio=view.crop_ratio)
-    else:
-        image = crop.center_crop(image, size, view.center_crop_fraction)
-    if view.flip:
-        image = crop.random_flip(image, flip_seed)
-    return image
+def example_view_seed(seed: int, index: tf.Tensor, view_index: int) -> tf.Tensor:
+    """Stateless seed of one view of the example at global stream position `index`. It depends
+    on (seed, index, view) only, never on the process count, so any sharding and any resumed run
+    sees the same crops."""
+    return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + view_index, index])
 
 
 def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
@@ -112,7 +102,8 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
 
     def prepare(i, ex):
         image = _decode_image(builder, ex["image"])
-        out = [host_view(image, i, v, view, seed, image_size) for v, view in enumerate(views)]
+        out = [crop.crop_view(image, example_view_seed(seed, i, v), image_size, view)
+               for v, view in enumerate(views)]
         return {"image": tf.stack(out), "label": tf.cast(ex["label"], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
