@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+import functools
 from functools import partial
 from typing import Any, Callable
 
@@ -91,9 +92,9 @@ def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Pr
     return step_fn
 
 
-def extract_features(method, state: TrainState, iterator, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features of every valid example of an eval iterator, sharded over the mesh.
-    Returns (features [N, D] float32, labels [N]) on every process."""
+@functools.lru_cache(maxsize=None)
+def _feature_fn(method, mesh):
+    """One jitted feature function per (method, mesh), so periodic evals compile once."""
 
     # Outputs replicated: each process can read the whole global batch (multi-host gather).
     @partial(jax.jit, out_shardings=sharding.replicated(mesh))
@@ -101,6 +102,13 @@ def extract_features(method, state: TrainState, iterator, mesh) -> tuple[np.ndar
         f = method.features(params, model_state, to_float(batch["image"])).astype(jnp.float32)
         return f, batch["label"], batch["valid"]
 
+    return feats
+
+
+def extract_features(method, state: TrainState, iterator, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features of every valid example of an eval iterator, sharded over the mesh.
+    Returns (features [N, D] float32, labels [N]) on every process."""
+    feats = _feature_fn(method, mesh)
     xs, ys = [], []
     for batch in iterator:
         g = sharding.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
