@@ -17,6 +17,7 @@ from ssl_jax.models.alexnet import AlexNet
 from ssl_jax.models.heads import LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.models.vgg import VGG
+from ssl_jax.models.load import load  # noqa: E402  (converted zoo checkpoints)
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet",
                "alexnet_bn", "vgg16", "vgg16_bn")
