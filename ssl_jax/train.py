@@ -5,6 +5,7 @@ after_update (see ssl_jax/methods/__init__.py) and nothing here is method-specif
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -144,6 +145,14 @@ def total_steps(config, num_train: int) -> int:
     return int(round(config.num_epochs * steps_per_epoch))
 
 
+def with_total_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+    """A copy of `config` with `total_steps = steps` (the run length in optimizer steps)."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.total_steps = int(steps)
+    return config
+
+
 def build_optimizer(config, steps: int):
     """(schedule, optax transformation) from config.optimizer for a run of `steps` steps."""
     oc = config.optimizer
@@ -193,11 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config.method` and return the final metrics. Resumes from the newest readable
     checkpoint in `workdir/checkpoints` when there is one."""
     check_workdir(workdir)
-    method = get_method(config.method, config)
     preset = augment.get_preset(config.augment.preset, **dict(config.augment.get("overrides", {})))
-    if len(preset.views) != method.num_views:
-        raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
-                         f"view(s) but method {config.method!r} needs {method.num_views}")
 
     # --- Mesh and data ---
     mesh = sharding.make_mesh()
@@ -206,6 +211,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     num_train = pipeline.num_examples(builder, config.dataset.train_split)
     steps = total_steps(config, num_train)
     size = config.dataset.image_size
+
+    # Methods with step-dependent state (BYOL's tau schedule) read the run length from
+    # config.total_steps; a copy, so the caller's (possibly locked) config is left as it was.
+    config = with_total_steps(config, steps)
+    method = get_method(config.method, config)
+    if len(preset.views) != method.num_views:
+        raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
+                         f"view(s) but method {config.method!r} needs {method.num_views}")
 
     schedule, tx = build_optimizer(config, steps)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("supervised", "simclr")
+METHODS = ("supervised", "simclr", "byol", "moco")
 
 
 def get_method(name: str, config):
