@@ -20,7 +20,7 @@ step of batch 128). Both sides use it.
   timed alternately: `aug` (the simclr_cifar preset: colour jitter p=0.8 + grayscale p=0.2 on
   device, as in training) and `noaug` (the same step with a preset whose device ops are the
   identity: uint8 -> float and clip only; host crops/flips are never part of the step).
-- PyTorch: the hand-written torchvision-layout ResNet of tests/test_convert_torchvision.py
+- PyTorch: the hand-written torchvision-layout ResNet of tests/torch_reference.py
   (imported, not copied), the same head, loss, input normalisation and uint8 -> float
   conversion, and a hand-written LARS step with the same rule as optax.lars (decay, trust ratio
   eta*||w||/||g + wd w|| on weights with ndim > 1, momentum), `torch.set_num_threads(cores)`.
@@ -63,6 +63,9 @@ SWEEP: list[tuple[str, str, dict]] = [
     ("onednn_dot_eltwise", "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise", {}),
     ("xnn_graph_greedy",
      "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}),
+    # jaxlib 0.10.2 already sends every convolution (forward and both gradients) to YNNPACK
+    # (`__ynn_fusion` in the compiled HLO); this falls back to XLA's Eigen convolutions.
+    ("eigen_conv", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", {}),
     ("bf16_compute", "", {"compute_dtype": "bfloat16"}),
 ]
 
@@ -162,7 +165,8 @@ def run_torch(args) -> dict:
     import torch
     from torch import nn
 
-    from tests.test_convert_torchvision import TorchBasicBlock, TorchResNet
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from torch_reference import TorchBasicBlock, TorchResNet
 
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
