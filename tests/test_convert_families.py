@@ -222,7 +222,7 @@ def build_family(family, width=0.125, seed=0, fc=10, moco_v1=False, r18=False):
             z = F.normalize(proj(acts["pool"]), dim=1)
             scores = [p(z) for p in protos]
             return (scores[0] if n_protos == 1 else torch.cat(scores, 1)), acts
-        return sd, [m, proj], forward, "prototypes", True
+        return sd, [m, proj, *protos], forward, "prototypes", True
     if family in ("dino_resnet50", "barlow_twins", "vicreg"):
         m = _resnet(None, 2 * width if family == "vicreg" else width)
         return m.state_dict(), [m], m, "auto", True
@@ -269,9 +269,13 @@ def _to_torch(x, normalised):
     return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
 
 
+_MODULES = [[]]  # the torch modules of the last _prepare (for the float64 re-run)
+
+
 def _prepare(family, tmp_path, sizes, width=0.125, **kw):
     """Build, randomise and calibrate ``family``'s torch model; save it to tmp_path/ckpt.pth."""
     obj, mods, forward, output, normalised = build_family(family, width, **kw)
+    _MODULES[0] = mods
     # Random weights, then BN statistics from another batch (as training leaves them).
     calib = _to_torch(_photos(8, sizes[0], seed=99), normalised)
     for mod in mods:
@@ -294,12 +298,19 @@ def _prepare(family, tmp_path, sizes, width=0.125, **kw):
     return forward, output, normalised
 
 
-def _check(family, tmp_path, sizes, width=0.125, **kw):
+def _check(family, tmp_path, sizes, width=0.125, float64=False, **kw):
+    """Convert + load + compare with torch; returns {(size, stage | "output"): max |diff|}.
+
+    ``float64``: also run torch in float64 and require, per stage, max |diff| <= 1e-4 or at
+    most 2x what float32 torch itself is off from float64 (random full-width ResNet-50s
+    amplify rounding to ~2e-4 by layer4 in either framework). The output is always held to
+    1e-4.
+    """
     forward, output, normalised = _prepare(family, tmp_path, sizes, width, **kw)
     convert_file(str(tmp_path / "ckpt.pth"), family, str(tmp_path / "out"))
     module, variables = load(str(tmp_path / "out"), output=output)
     apply = jax.jit(functools.partial(module.apply, train=False, mutable=["intermediates"]))
-    errs = {}
+    errs, torch_errs = {}, {}
     for size in sizes:
         x = _photos(3, size, seed=size)
         with torch.no_grad():
@@ -309,17 +320,32 @@ def _check(family, tmp_path, sizes, width=0.125, **kw):
         if isinstance(out, tuple):
             out = np.concatenate(out, axis=1)
         assert set(ref_acts) <= set(acts)
-        for k, r in ref_acts.items():
+        got_acts = {}
+        for k in ref_acts:
             got = np.asarray(acts[k][0])
-            got = got.transpose(0, 3, 1, 2) if got.ndim == 4 else got
-            errs[(size, k)] = float(np.abs(got - r.numpy()).max())
+            got_acts[k] = got.transpose(0, 3, 1, 2) if got.ndim == 4 else got
+            errs[(size, k)] = float(np.abs(got_acts[k] - ref_acts[k].numpy()).max())
         errs[(size, "output")] = float(np.abs(np.asarray(out) - ref.numpy()).max())
         assert np.abs(ref.numpy()).max() > 1e-2  # the comparison is not vacuous
+        if float64:
+            for mod in _MODULES[0]:
+                mod.double()
+            with torch.no_grad():
+                ref64, acts64 = forward(_to_torch(x, normalised).double())
+            for mod in _MODULES[0]:
+                mod.float()
+            for k in ref_acts:
+                torch_errs[(size, k)] = float((ref_acts[k].double() - acts64[k]).abs().max())
+                errs[(size, k, "vs float64")] = float(np.abs(got_acts[k] -
+                                                             acts64[k].numpy()).max())
         scale = max(float(np.abs(r.numpy()).max()) for r in ref_acts.values())
         print(family, size, "max |activation|", scale, "max |diff|", max(errs.values()))
-    worst = max(errs, key=errs.get)
-    assert errs[worst] <= ATOL, (worst, errs[worst])
-    return errs
+    for key, err in errs.items():
+        if len(key) == 3:
+            continue
+        limit = ATOL if key[1] == "output" else max(ATOL, 2 * torch_errs.get(key, 0.0))
+        assert err <= limit, (key, err, limit)
+    return errs, torch_errs
 
 
 # Families whose trunk is the torchvision ResNet with only renamed/wrapped keys are checked
@@ -380,9 +406,13 @@ def test_full_size_family_matches_torch_224_and_197(family, tmp_path):
     """Width 1 (VICReg x2), 224 px and 197 px (RotNet: 224 only). Run with -m slow."""
     width = 1.0
     sizes = [224] if family == "rotnet_alexnet" else [224, 197]
-    errs = _check(family, tmp_path, sizes, width=width, fc=1000)
-    print(family, {f"{s}px": max(v for (s2, _), v in errs.items() if s2 == s) for s in sizes},
-          "output", {f"{s}px": errs[(s, "output")] for s in sizes})
+    errs, torch_errs = _check(family, tmp_path, sizes, width=width, fc=1000, float64=True)
+    for s in sizes:
+        stages = [k for k in errs if k[0] == s and len(k) == 2 and k[1] != "output"]
+        print(f"RESULT {family} {s}px: max|diff| stages {max(errs[k] for k in stages):.2e} "
+              f"output {errs[(s, 'output')]:.2e}; vs float64: flax "
+              f"{max(errs[k + ('vs float64',)] for k in stages):.2e} torch32 "
+              f"{max(torch_errs[k] for k in stages):.2e}")
 
 
 def test_moco_v1_linear_head_converts():
