@@ -82,7 +82,7 @@ class Method:
         return params, {**model_state, "target": target}
 
     def _online(self, params, batch_stats, x):
-        (_, z, p), new = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
+        (_, _, p), new = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
                                         train=True, mutable=["batch_stats"])
         return p, new["batch_stats"]
 
