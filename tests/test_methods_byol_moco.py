@@ -287,3 +287,13 @@ def test_moco_syncbn_step_on_8_devices_equals_1_device_and_updates_key_encoder_f
     np.testing.assert_array_equal(queue["keys"][BATCH:],
                                   state.model_state["queue"]["keys"][BATCH:])
     np.testing.assert_allclose(np.linalg.norm(queue["keys"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_trainer_hands_the_run_length_to_byol_without_touching_the_callers_config():
+    config = byol_config.get_config("quickstart")  # epochs-based: num_steps = 0
+    config.lock()
+    with pytest.raises(ValueError, match="BYOL needs the run length"):
+        get_method("byol", config).after_update(None)
+    copied = train.with_total_steps(config, 468)
+    assert "total_steps" not in config and copied.total_steps == 468
+    assert get_method("byol", copied).total_steps == 468
