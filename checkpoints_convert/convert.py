@@ -74,8 +74,8 @@ def _containers(raw: Any, family: Family) -> tuple[dict[str, Mapping[str, Any]],
         return {"": raw}, []
     missing = [c for c in family.containers if c not in raw or not isinstance(raw[c], Mapping)]
     if missing:
-        raise ValueError(f"family {family.name}: checkpoint has no state_dict entries {missing}; "
-                         f"its top-level keys are {sorted(map(str, raw))[:20]}")
+        raise ValueError(f"family {family.name}: checkpoint has no state_dict entries "
+                         f"{missing}; its top-level keys are {sorted(map(str, raw))[:20]}")
     return ({c: raw[c] for c in family.containers},
             sorted(str(k) for k in raw if k not in family.containers))
 
@@ -92,7 +92,8 @@ def split(raw: Any, family: Family
     """Route every key of a checkpoint to its part.
 
     Returns ({"backbone" | head name: renamed state_dict}, {drop prefix: number of keys
-    dropped}, ignored top-level entries). Keys claimed by no part raise one ValueError naming them all.
+    dropped}, ignored top-level entries). Keys claimed by no part raise one ValueError naming
+    them all.
     """
     containers, ignored = _containers(raw, family)
     parts: dict[str, dict[str, Any]] = {}

@@ -90,7 +90,8 @@ class Family:
 _SEQ_MLP = ((r"0\.(weight|bias)", r"dense.0.\1"), (r"2\.(weight|bias)", r"dense.1.\1"))
 _SWAV_PROJ = ((r"0\.(weight|bias)", r"dense.0.\1"), (r"1\.(.+)", r"bn.0.\1"),
               (r"3\.(weight|bias)", r"dense.1.\1"))
-_PROTOS = ((r"weight", r"prototypes.0.weight"), (r"prototypes(\d+)\.weight", r"prototypes.\1.weight"))
+_PROTOS = ((r"weight", r"prototypes.0.weight"),
+           (r"prototypes(\d+)\.weight", r"prototypes.\1.weight"))
 
 # Separius/SimCLRv2-Pytorch resnet -> torchvision names. Blocks: net.{0,2,4} convs, BN+ReLU
 # Sequentials at net.{1,3,5} (BN at .0); stem Sequential net.0 = (conv, BNReLU, maxpool).
@@ -114,16 +115,13 @@ _SIMCLR_V2_HEAD = ((r"layers\.0\.weight", r"dense.0.weight"), (r"layers\.1\.(.+)
 
 # gidariss/FeatureLearningRotNet AlexNet -> the alexnet_bn layout (see ssl_jax/models/alexnet.py):
 # _feature_blocks = [conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5, fc_block, classifier]
-_ROTNET = (
-    (r"_feature_blocks\.0\.0\.(.+)", r"features.0.\1"), (r"_feature_blocks\.0\.1\.(.+)", r"features.1.\1"),
-    (r"_feature_blocks\.2\.0\.(.+)", r"features.4.\1"), (r"_feature_blocks\.2\.1\.(.+)", r"features.5.\1"),
-    (r"_feature_blocks\.4\.0\.(.+)", r"features.8.\1"), (r"_feature_blocks\.4\.1\.(.+)", r"features.9.\1"),
-    (r"_feature_blocks\.5\.0\.(.+)", r"features.11.\1"), (r"_feature_blocks\.5\.1\.(.+)", r"features.12.\1"),
-    (r"_feature_blocks\.6\.0\.(.+)", r"features.14.\1"), (r"_feature_blocks\.6\.1\.(.+)", r"features.15.\1"),
-    (r"_feature_blocks\.8\.1\.(.+)", r"classifier.0.\1"), (r"_feature_blocks\.8\.2\.(.+)", r"classifier.1.\1"),
-    (r"_feature_blocks\.8\.4\.(.+)", r"classifier.3.\1"), (r"_feature_blocks\.8\.5\.(.+)", r"classifier.4.\1"),
-    (r"_feature_blocks\.9\.0\.(.+)", r"classifier.6.\1"),
-)
+_ROTNET_INDEX = {"0.0": "features.0", "0.1": "features.1", "2.0": "features.4",
+                 "2.1": "features.5", "4.0": "features.8", "4.1": "features.9",
+                 "5.0": "features.11", "5.1": "features.12", "6.0": "features.14",
+                 "6.1": "features.15", "8.1": "classifier.0", "8.2": "classifier.1",
+                 "8.4": "classifier.3", "8.5": "classifier.4", "9.0": "classifier.6"}
+_ROTNET = tuple((r"_feature_blocks\." + src.replace(".", r"\.") + r"\.(.+)", dst + r".\1")
+                for src, dst in _ROTNET_INDEX.items())
 
 
 def _flat_backbone(name: str, description: str, **kwargs: Any) -> Family:

@@ -1,7 +1,7 @@
 """Load a converted checkpoint directory (``python -m checkpoints_convert``) as a Flax model.
 
     module, variables = load("converted/moco_v2")               # final output (see below)
-    logits_or_features = module.apply(variables, images, train=False)   # images: [N,H,W,3] in [0,1] RGB
+    y = module.apply(variables, images, train=False)  # images: [N, H, W, 3] in [0, 1], RGB
     module, variables = load("converted/moco_v2", output="features")  # pooled backbone features
 
 A converted directory holds ``variables/`` (an Orbax StandardCheckpointer tree
