@@ -424,3 +424,17 @@ def test_moco_v1_linear_head_converts():
                                   head.weight.detach().numpy().T)
     np.testing.assert_array_equal(got.variables["params"]["projection"]["dense"]["bias"],
                                   head.bias.detach().numpy())
+
+
+def test_pycontrast_linear_head_converts():
+    """PyContrast's linear head is a one-Linear Sequential (head.0.*): converted as linear."""
+    obj, (m, head), *_ = build_family("pycontrast", r18=True)
+    sd = {k: v for k, v in obj["model"].items() if not k.startswith("module.head.")}
+    lin = torch.nn.Linear(128, 16)
+    sd.update({"module.head.0.weight": lin.weight, "module.head.0.bias": lin.bias})
+    got = convert({"model": sd}, "pycontrast")
+    assert got.metadata["heads"] == {"projection": {"kind": "linear", "in_features": 128,
+                                                    "kwargs": {"num_classes": 16}}}
+    assert got.metadata["dropped_keys"] == {"model:module.head_jig.": 2}
+    np.testing.assert_array_equal(got.variables["params"]["projection"]["dense"]["kernel"],
+                                  lin.weight.detach().numpy().T)
