@@ -207,6 +207,9 @@ def test_load_outputs_and_input_conventions(tmp_path):
                                          r"\['auto', 'features', 'backbone'\]"):
         load(str(tmp_path / "out"), output="projection")
 
+    with pytest.raises(ValueError, match="not a converted checkpoint directory"):
+        load(str(tmp_path))
+
     caffe = ConvertedModel("resnet18", value_range=255.0, mean=(103.5, 116.3, 123.7),
                            std=(1.0, 1.0, 1.0), bgr=True)
     got = caffe.preprocess(jnp.asarray(x))
