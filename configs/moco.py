@@ -10,6 +10,8 @@ BN; the reference decays everything), cosine schedule (v2; v1 used steps at 120/
 Variants: smoke, quickstart (built-in dataset, CPU minutes), cifar10 (R18 CIFAR stem, 800
 epochs, m = 0.99, K = 4096), imagenet (R50, batch 256, 200 epochs, m = 0.999, K = 65536).
 Args: `configs/moco.py:VARIANT[,version=1|2,epochs=E,width=W]`; any field: `--config.moco.bn=sync`.
+Switch versions with the `version=` arg (head, T and augmentation together); overriding
+`--config.moco.version` alone changes only the head.
 """
 from configs.common import base_config, parse_arg
 import ml_collections
