@@ -11,6 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -17,6 +17,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 import jax  # noqa: E402
 
 
