@@ -361,7 +361,8 @@ FORWARD_FAMILIES = {"moco": 67, "simclr_v1": 64, "simclr_v2": 67, "byol": 64, "s
 def test_family_matches_torch(family, tmp_path):
     # Separius' SimCLR v2 layout is bottleneck-only; the others run on a ResNet-18 trunk here
     # (ResNet-50 in test_wrapped_families_* and the slow full-size tests).
-    _check(family, tmp_path, [FORWARD_FAMILIES[family]], r18=family != "simclr_v2")
+    _check(family, tmp_path, [FORWARD_FAMILIES[family]], r18=family != "simclr_v2",
+           float64=True)
 
 
 def test_every_family_is_tested():
@@ -397,7 +398,7 @@ def test_wrapped_families_equal_torchvision_conversion(family):
 def test_torchvision_families_match_torch(family, tmp_path):
     sizes = {"torchvision_resnet": [65], "torchvision_alexnet": [67],
              "torchvision_vgg16_bn": [65]}[family]
-    _check(family, tmp_path, sizes, r18=True)
+    _check(family, tmp_path, sizes, r18=True, float64=True)
 
 
 @pytest.mark.slow
