@@ -1,10 +1,15 @@
-"""Evaluate a trained model's frozen features:
+"""Evaluate trained models.
 
     python run_eval.py --checkpoint runs/quickstart/simclr --outdir runs/eval_simclr
+    python run_eval.py --mode similarity --checkpoint runs/quickstart/simclr \
+        --checkpoint_b runs/quickstart/supervised --outdir runs/cka_simclr_vs_supervised
 
-Restores the newest readable checkpoint of a run_train workdir, extracts backbone features of
-the train and eval splits (sharded over all devices), then runs kNN, the linear probe (004
-protocol), few-shot and calibration, and writes OUTDIR/metrics.json and OUTDIR/report.md.
+`frozen` (default): restores the newest readable checkpoint of a run_train workdir, extracts
+backbone features of the train and eval splits (sharded over all devices), then runs kNN, the
+linear probe (004 protocol), few-shot and calibration; writes OUTDIR/metrics.json, report.md.
+`similarity`: layer-by-layer minibatch CKA between two checkpoints on the eval split (all layer
+pairs, each layer vs the one-hot labels, each layer of A on clean vs augmented inputs); writes
+OUTDIR/similarity.json, cka.png and report.md.
 """
 from __future__ import annotations
 
@@ -17,7 +22,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 from absl import app, flags  # noqa: E402
 
+flags.DEFINE_enum("mode", "frozen", ["frozen", "similarity"], "What to evaluate.")
 flags.DEFINE_string("checkpoint", None, "A run_train workdir (config.json + checkpoints/).")
+flags.DEFINE_string("checkpoint_b", None, "Second run_train workdir (--mode similarity).")
+flags.DEFINE_integer("num_examples", 2000, "Eval examples used by --mode similarity.")
+flags.DEFINE_enum("activations", "gap", ["gap", "flatten"],
+                  "Conv activations as pooled channels (gap) or flattened (flatten).")
 flags.DEFINE_string("outdir", None, "Where metrics.json and report.md are written.")
 flags.DEFINE_string("dataset", None, "TFDS dataset to evaluate on (default: the run's own).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's own).")
@@ -68,10 +78,76 @@ def evaluate() -> dict:
     return record
 
 
+def similarity() -> dict:
+    import jax
+    import numpy as np
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+    from ssl_jax import sharding, train
+    from ssl_jax.data import augment, pipeline
+    from ssl_jax.similarity import compare
+
+    if not FLAGS.checkpoint_b:
+        raise ValueError("--mode similarity needs --checkpoint_b (the second network)")
+    mesh = sharding.make_mesh()
+    config_a, method_a, state_a = train.load_trained(FLAGS.checkpoint, mesh)
+    config_b, method_b, state_b = train.load_trained(FLAGS.checkpoint_b, mesh)
+    ds = config_a.dataset
+    name = FLAGS.dataset or ds.name
+    builder = pipeline.load_builder(name, FLAGS.data_dir or ds.data_dir)
+    split = FLAGS.eval_split or ds.eval_split
+    batch = 8 * jax.device_count() * max(1, 64 // (8 * jax.device_count()))
+    num_classes = FLAGS.num_classes or builder.info.features["label"].num_classes
+
+    def batches():
+        seen = 0
+        for b in pipeline.eval_iterator(builder, split, batch, ds.image_size,
+                                        crop_fraction=ds.eval_crop_fraction):
+            if seen + batch > FLAGS.num_examples or not b["valid"].all():
+                return  # whole batches only: every minibatch the same size
+            seen += batch
+            yield {"image": b["image"].astype(np.float32) / 255.0, "label": b["label"]}
+
+    preset = augment.get_preset(config_a.augment.preset,
+                                **dict(config_a.augment.get("overrides", {})))
+    view = preset.views[0]
+    aug = jax.jit(lambda key, x: augment.augment_views(key, x, view))
+    variables = lambda st: {"params": st.params, **st.model_state}  # noqa: E731
+    result = compare.compare_networks(
+        compare.layer_activations_fn(method_a.net.apply, FLAGS.activations), variables(state_a),
+        compare.layer_activations_fn(method_b.net.apply, FLAGS.activations), variables(state_b),
+        batches(), num_classes, augment=aug)
+    os.makedirs(FLAGS.outdir, exist_ok=True)
+    label_a = f"{config_a.method} ({os.path.basename(os.path.normpath(FLAGS.checkpoint))})"
+    label_b = f"{config_b.method} ({os.path.basename(os.path.normpath(FLAGS.checkpoint_b))})"
+    compare.plot_cka_matrix(result["cka"], result["layers_a"], result["layers_b"],
+                            os.path.join(FLAGS.outdir, "cka.png"), label_a, label_b)
+    record = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
+    record.update(checkpoint_a=FLAGS.checkpoint, checkpoint_b=FLAGS.checkpoint_b,
+                  dataset=name, split=split, activations=FLAGS.activations,
+                  augmentation=preset.name)
+    with open(os.path.join(FLAGS.outdir, "similarity.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    la, lb = result["layers_a"], result["layers_b"]
+    lines = [f"# Layer similarity: {label_a} vs {label_b}", "",
+             f"`{name}` {split}, minibatch linear CKA (unbiased HSIC, batch {batch}), "
+             f"activations: {FLAGS.activations}. Heatmap: `cka.png`.", "",
+             "| layer of A | CKA with same-index layer of B | CKA(A, labels) | "
+             "CKA(A clean, A augmented) |", "|---|---|---|---|"]
+    for i, n in enumerate(la):
+        same = f"{result['cka'][i, i]:.3f}" if i < len(lb) else "-"
+        lines.append(f"| {n} | {same} | {result['label_cka_a'][i]:.3f} | "
+                     f"{result['augment_cka_a'][i]:.3f} |")
+    with open(os.path.join(FLAGS.outdir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return record
+
+
 def main(argv):
     del argv
     try:
-        evaluate()
+        similarity() if FLAGS.mode == "similarity" else evaluate()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
