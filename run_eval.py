@@ -23,7 +23,8 @@ import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_enum("mode", "frozen", ["frozen", "similarity"], "What to evaluate.")
-flags.DEFINE_string("checkpoint", None, "A run_train workdir (config.json + checkpoints/).")
+flags.DEFINE_string("checkpoint", None, "A run_train workdir (config.json + checkpoints/), or a "
+                    "converted zoo checkpoint directory (python -m checkpoints_convert).")
 flags.DEFINE_string("checkpoint_b", None, "Second run_train workdir (--mode similarity).")
 flags.DEFINE_integer("num_examples", 2000, "Eval examples used by --mode similarity.")
 flags.DEFINE_enum("activations", "gap", ["gap", "flatten"],
@@ -34,10 +35,40 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's own).")
 flags.DEFINE_string("train_split", None, "Split the probes are fitted on (default: the run's).")
 flags.DEFINE_string("eval_split", None, "Split the probes are scored on (default: the run's).")
 flags.DEFINE_integer("num_classes", None, "Classes of --dataset (default: the run's).")
+flags.DEFINE_integer("image_size", None, "Eval resolution (default: the run's; 224 converted).")
 flags.DEFINE_integer("probe_grid", 45, "Points of the linear probe's C grid (004: 45).")
 flags.DEFINE_integer("few_shot_episodes", 600, "ProtoNet episodes (0 to skip).")
 flags.mark_flags_as_required(["checkpoint", "outdir"])
 FLAGS = flags.FLAGS
+
+
+def load_for_features(mesh) -> dict:
+    """A run_train workdir or a converted zoo checkpoint (python -m checkpoints_convert), as a
+    features function + its variables + the evaluation defaults that go with it."""
+    from ssl_jax import models, train
+    from ssl_jax.models.load import METADATA_FILE
+
+    path = FLAGS.checkpoint
+    if os.path.exists(os.path.join(path, METADATA_FILE)):  # converted zoo checkpoint
+        module, variables = models.load(path, output="features")
+        with open(os.path.join(path, METADATA_FILE)) as f:
+            meta = json.load(f)
+
+        def features_fn(variables, images):
+            return module.apply(variables, images, train=False)
+
+        return {"features_fn": features_fn, "variables": (variables,), "dataset": None,
+                "data_dir": None, "train_split": None, "eval_split": None,
+                "image_size": FLAGS.image_size or 224, "crop_fraction": 0.875,
+                "batch_size": 256, "describe": f"converted {meta.get('family')} checkpoint"}
+    config, method, state = train.load_trained(path, mesh)
+    ds = config.dataset
+    return {"features_fn": method.features, "variables": (state.params, state.model_state),
+            "dataset": ds.name, "data_dir": ds.data_dir, "train_split": ds.train_split,
+            "eval_split": ds.eval_split, "image_size": FLAGS.image_size or ds.image_size,
+            "crop_fraction": ds.eval_crop_fraction, "batch_size": config.eval.batch_size,
+            "describe": f"{config.method}, {config.model.name} width {config.model.width}, "
+                        f"step {int(state.step)}"}
 
 
 def evaluate() -> dict:
@@ -48,29 +79,35 @@ def evaluate() -> dict:
     from ssl_jax.evaluation.frozen import evaluate_features
 
     mesh = sharding.make_mesh()
-    config, method, state = train.load_trained(FLAGS.checkpoint, mesh)
-    ds = config.dataset
-    name = FLAGS.dataset or ds.name
-    builder = pipeline.load_builder(name, FLAGS.data_dir or ds.data_dir)
-    kw = dict(global_batch_size=config.eval.batch_size, image_size=ds.image_size,
-              crop_fraction=ds.eval_crop_fraction)
-    splits = (FLAGS.train_split or ds.train_split, FLAGS.eval_split or ds.eval_split)
+    source = load_for_features(mesh)
+    name = FLAGS.dataset or source["dataset"]
+    if not name:
+        raise ValueError("--dataset is required for a converted checkpoint (e.g. imagenette, "
+                         "cifar10, shapes_textures/small32)")
+    builder = pipeline.load_builder(name, FLAGS.data_dir or source["data_dir"])
+    kw = dict(global_batch_size=source["batch_size"], image_size=source["image_size"],
+              crop_fraction=source["crop_fraction"])
+    splits = (FLAGS.train_split or source["train_split"] or "train",
+              FLAGS.eval_split or source["eval_split"] or "test")
+    for split in splits:
+        if split not in builder.info.splits:
+            raise ValueError(f"dataset {name!r} has no split {split!r}; valid: "
+                             f"{', '.join(builder.info.splits)}")
     (trx, try_), (tex, tey) = [train.extract_features(
-        method, state, pipeline.eval_iterator(builder, s, **kw), mesh) for s in splits]
+        source["features_fn"], source["variables"], pipeline.eval_iterator(builder, s, **kw),
+        mesh) for s in splits]
     num_classes = FLAGS.num_classes or builder.info.features["label"].num_classes
-    metrics = evaluate_features(trx, try_, tex, tey, num_classes, knn_k=config.eval.knn_k,
-                                knn_temperature=config.eval.knn_temperature,
-                                probe_grid=FLAGS.probe_grid,
+    metrics = evaluate_features(trx, try_, tex, tey, num_classes, knn_k=200,
+                                knn_temperature=0.07, probe_grid=FLAGS.probe_grid,
                                 few_shot_episodes=FLAGS.few_shot_episodes)
     os.makedirs(FLAGS.outdir, exist_ok=True)
-    record = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "method": config.method,
-              "model": config.model.to_dict(), "dataset": name, "splits": splits,
-              "step": int(state.step), "metrics": metrics}
+    record = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "source": source["describe"],
+              "dataset": name, "splits": splits, "metrics": metrics}
     with open(os.path.join(FLAGS.outdir, "metrics.json"), "w") as f:
         json.dump(record, f, indent=2)
-    lines = [f"# Evaluation of `{FLAGS.checkpoint}` (step {int(state.step)})", "",
-             f"{config.method}, {config.model.name} width {config.model.width}; features of "
-             f"`{name}` {splits[0]} -> {splits[1]}.", "", "| metric | value |", "|---|---|"]
+    lines = [f"# Evaluation of `{FLAGS.checkpoint}`", "",
+             f"{source['describe']}; features of `{name}` {splits[0]} -> {splits[1]}.", "",
+             "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
     with open(os.path.join(FLAGS.outdir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -79,9 +79,9 @@ def main():
               crop_fraction=base.dataset.eval_crop_fraction)
 
     def features(method, state):
-        tr = train.extract_features(method, state, pipeline.eval_iterator(
+        tr = train.extract_features(method.features, (state.params, state.model_state), pipeline.eval_iterator(
             builder, base.dataset.train_split, **kw), mesh)
-        te = train.extract_features(method, state, pipeline.eval_iterator(
+        te = train.extract_features(method.features, (state.params, state.model_state), pipeline.eval_iterator(
             builder, base.dataset.eval_split, **kw), mesh)
         return tr, te
 

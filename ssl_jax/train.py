@@ -94,26 +94,29 @@ def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Pr
 
 
 @functools.lru_cache(maxsize=None)
-def _feature_fn(method, mesh):
-    """One jitted feature function per (method, mesh), so periodic evals compile once."""
+def _jit_features(features_fn: Callable, mesh):
+    """One jitted extractor per (features function, mesh), so periodic evals compile once."""
 
     # Outputs replicated: each process can read the whole global batch (multi-host gather).
     @partial(jax.jit, out_shardings=sharding.replicated(mesh))
-    def feats(params, model_state, batch):
-        f = method.features(params, model_state, to_float(batch["image"])).astype(jnp.float32)
+    def feats(variables, batch):
+        f = features_fn(*variables, to_float(batch["image"])).astype(jnp.float32)
         return f, batch["label"], batch["valid"]
 
     return feats
 
 
-def extract_features(method, state: TrainState, iterator, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features of every valid example of an eval iterator, sharded over the mesh.
+def extract_features(features_fn: Callable, variables: tuple, iterator, mesh
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`features_fn(*variables, images [B, H, W, 3] in [0, 1]) -> [B, D]` over every valid
+    example of an eval iterator, sharded over the mesh. For a trained method:
+    `extract_features(method.features, (state.params, state.model_state), ...)`.
     Returns (features [N, D] float32, labels [N]) on every process."""
-    feats = _feature_fn(method, mesh)
+    feats = _jit_features(features_fn, mesh)
     xs, ys = [], []
     for batch in iterator:
         g = sharding.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
-        f, y, valid = jax.device_get(feats(state.params, state.model_state, g))
+        f, y, valid = jax.device_get(feats(variables, g))
         xs.append(f[valid])
         ys.append(y[valid])
     return np.concatenate(xs), np.concatenate(ys)
@@ -255,9 +258,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ev = config.eval
         kw = dict(global_batch_size=ev.batch_size, image_size=size,
                   crop_fraction=config.dataset.get("eval_crop_fraction", 1.0))
-        train_x, train_y = extract_features(method, state, pipeline.eval_iterator(
+        variables = (state.params, state.model_state)
+        train_x, train_y = extract_features(method.features, variables, pipeline.eval_iterator(
             builder, config.dataset.train_split, **kw), mesh)
-        test_x, test_y = extract_features(method, state, pipeline.eval_iterator(
+        test_x, test_y = extract_features(method.features, variables, pipeline.eval_iterator(
             builder, config.dataset.eval_split, **kw), mesh)
         res = knn(train_x, train_y, test_x, test_y, k=ev.knn_k, temperature=ev.knn_temperature,
                   num_classes=config.dataset.num_classes)
