@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.variant == "quickstart":
         c.augment.overrides = {"min_crop_scale": 0.5}
         c.batch_size = 256
-        c.num_epochs = 5
+        c.num_epochs = 8
         c.optimizer.update(base_lr=0.2, warmup_fraction=0.02)
     elif a.variant == "cifar10":
         c.num_epochs = 200
