@@ -142,7 +142,8 @@ _MOCO_PARTS = (Part("backbone", "module.encoder_q.", "state_dict"),
                Part("drop", "module.queue", "state_dict"))  # queue, queue_ptr (PCL: queue_*)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    _flat_backbone("torchvision_resnet", "torchvision resnet18/34/50/101/152 (flat, with fc)"),
+    _flat_backbone("torchvision_resnet", "torchvision resnet18/34/50/101/152 and "
+                   "wide_resnet50_2/101_2 (flat, with fc)"),
     _flat_backbone("torchvision_alexnet", "torchvision alexnet", arch="alexnet"),
     _flat_backbone("torchvision_vgg16", "torchvision vgg16", arch="vgg16"),
     _flat_backbone("torchvision_vgg16_bn", "torchvision vgg16_bn", arch="vgg16_bn"),

@@ -155,7 +155,9 @@ def infer_model_kwargs(state_dict: Mapping[str, Any], model_name: str) -> dict[s
     """Architecture kwargs readable from a torchvision-layout state_dict's shapes.
 
     ResNet: num_classes (``fc.weight``, else None), width (stem channels / 64), cifar_stem
-    (3x3 stem conv). AlexNet/VGG: num_classes (``classifier.6.weight``), width
+    (3x3 stem conv), and for bottleneck ResNets width_per_group (``layer1.0.conv1`` channels
+    relative to the stage width: 128 for torchvision's wide_resnet50_2/101_2). AlexNet/VGG:
+    num_classes (``classifier.6.weight``), width
     (``features.0`` channels / 64) and fc_dim. Padding cannot be read from weights.
     """
     def shape(key: str) -> tuple[int, ...] | None:
@@ -169,6 +171,10 @@ def infer_model_kwargs(state_dict: Mapping[str, Any], model_name: str) -> dict[s
         kwargs["width"] = shape(stem)[0] / 64
         if model_name.startswith("resnet"):
             kwargs["cifar_stem"] = shape(stem)[-1] == 3
+            inner = shape("layer1.0.conv1.weight")
+            if shape("layer1.0.conv3.weight") and inner:
+                # layer1's stage width is the stem width; wide ResNets double the inner convs.
+                kwargs["width_per_group"] = int(round(64 * inner[0] / shape(stem)[0]))
     if not model_name.startswith("resnet"):
         fc6 = "classifier.1.weight" if model_name == "alexnet" else "classifier.0.weight"
         if shape(fc6):

@@ -145,9 +145,10 @@ class RotNetAlexNet(nn.Module):
 
 # ---- per-family builders: (checkpoint object, torch forward, load output, normalised?) --------
 
-def _resnet_any(fc=None, width=0.125, same=False, simclr_pool=False, r18=False):
+def _resnet_any(fc=None, width=0.125, same=False, simclr_pool=False, r18=False, wide=False):
     m = (TorchResNet(TorchBasicBlock, [2, 2, 2, 2], fc, width=2 * width) if r18 else
-         TorchResNet(TorchBottleneck, [3, 4, 6, 3], fc, width=width))
+         TorchResNet(TorchBottleneck, [3, 4, 6, 3], fc, width=width,
+                     width_per_group=128 if wide else 64))
     if same:
         m = to_same_padding(m)
     if simclr_pool:
@@ -164,18 +165,20 @@ def _mlp(cin, hidden, out, bn=False):
     return nn.Sequential(nn.Linear(cin, hidden), *mid, nn.ReLU(), nn.Linear(hidden, out))
 
 
-def build_family(family, width=0.125, seed=0, fc=10, moco_v1=False, r18=False):
+def build_family(family, width=0.125, seed=0, fc=10, moco_v1=False, r18=False, wide=False):
     """Random torch model(s) of ``family`` -> (checkpoint obj, modules to calibrate, forward,
     load output name, whether inputs are ImageNet-normalised).
 
     ResNet families use a ResNet-50 of ``width``, or with ``r18`` a ResNet-18 of twice that
     width (a quarter of the compile time; the key maps do not depend on the depth, which
-    the converter reads from the keys)."""
+    the converter reads from the keys). ``wide``: torchvision_resnet as a wide_resnet50_2
+    (bottleneck inner convs 2x wider)."""
     d = int(1024 * width) if r18 else int(2048 * width)  # pooled feature width
     torch.manual_seed(seed)
     _resnet = functools.partial(_resnet_any, r18=r18)
     if family in ("torchvision_resnet", "byol", "simclr_v1"):
-        m = _resnet(fc, width, same=family == "byol", simclr_pool=family == "simclr_v1")
+        m = _resnet(fc, width, same=family == "byol", simclr_pool=family == "simclr_v1",
+                    wide=wide)
         sd = m.state_dict()
         if family == "byol":  # byol-convert writes no num_batches_tracked
             sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
@@ -399,6 +402,13 @@ def test_torchvision_families_match_torch(family, tmp_path):
     sizes = {"torchvision_resnet": [65], "torchvision_alexnet": [67],
              "torchvision_vgg16_bn": [65]}[family]
     _check(family, tmp_path, sizes, r18=True, float64=True)
+
+
+def test_torchvision_wide_resnet50_family_matches_torch(tmp_path):
+    """wide_resnet50_2 layout through the file -> directory -> load path (width inferred)."""
+    _check("torchvision_resnet", tmp_path, [65], wide=True, float64=True)
+    meta = (tmp_path / "out" / "metadata.json").read_text()
+    assert '"width_per_group": 128' in meta
 
 
 @pytest.mark.slow

@@ -56,6 +56,22 @@ def test_resnet50_matches_torch_odd_size():
                   49, num_classes=10, width=0.125)
 
 
+def test_wide_resnet50_matches_torch_and_is_inferred_from_the_weights():
+    # torchvision's wide_resnet50_2: only the bottleneck's inner convs are 2x wider
+    # (width_per_group=128); the converter reads it from layer1.0.conv1's shape.
+    torch_model = TorchResNet(TorchBottleneck, [3, 4, 6, 3], 10, width=0.125, width_per_group=128)
+    kwargs = tv.infer_model_kwargs(torch_model.state_dict(), "resnet50")
+    assert kwargs["width_per_group"] == 128 and kwargs["width"] == 0.125
+    assert torch_model.state_dict()["layer1.0.conv1.weight"].shape[0] == 16  # 2 x stage width 8
+    _check_parity("resnet50", torch_model, 49, num_classes=10, width=0.125, width_per_group=128)
+
+
+def test_width_per_group_needs_a_bottleneck_resnet():
+    with pytest.raises(ValueError, match="width_per_group=128 needs a bottleneck"):
+        get_model("resnet18", width_per_group=128).init(
+            jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+
+
 def test_resnet_cifar_stem_matches_torch():
     _check_parity("resnet18", TorchResNet(TorchBasicBlock, [2, 2, 2, 2], None, width=0.25,
                                           cifar_stem=True), 17, width=0.25, cifar_stem=True)
@@ -121,6 +137,8 @@ def test_train_mode_batchnorm_matches_torch():
 
 @pytest.mark.parametrize("name,make_torch", [
     ("resnet50", lambda: TorchResNet(TorchBottleneck, [3, 4, 6, 3], 7, width=0.125)),
+    ("resnet50", lambda: TorchResNet(TorchBottleneck, [3, 4, 6, 3], 7, width=0.125,
+                                     width_per_group=128)),
     ("alexnet_bn", lambda: TorchAlexNet(7, width=0.25, fc_dim=16, bn=True)),
     ("vgg16", lambda: TorchVGG16(None, width=0.125, fc_dim=16)),
 ])

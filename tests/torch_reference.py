@@ -71,13 +71,14 @@ class TorchBasicBlock(nn.Module):
 class TorchBottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, width_per_group=64):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        inner = int(planes * (width_per_group / 64))  # torchvision's wide-ResNet inner width
+        self.conv1 = nn.Conv2d(inplanes, inner, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride, 1, bias=False)  # v1.5
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU()
         self.downsample = downsample
@@ -93,9 +94,11 @@ class TorchBottleneck(nn.Module):
 class TorchResNet(nn.Module):
     """torchvision.models.ResNet keys; forward returns (output, {sown name: NCHW activation})."""
 
-    def __init__(self, block, layers, num_classes=None, width=1.0, cifar_stem=False):
+    def __init__(self, block, layers, num_classes=None, width=1.0, cifar_stem=False,
+                 width_per_group=64):
         super().__init__()
         self.inplanes = _w(64, width)
+        self.block_kwargs = {} if width_per_group == 64 else {"width_per_group": width_per_group}
         self.cifar_stem = cifar_stem
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
@@ -116,9 +119,9 @@ class TorchResNet(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [block(self.inplanes, planes, stride, downsample, **self.block_kwargs)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, **self.block_kwargs) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x):

@@ -49,7 +49,7 @@ def _pad(kernel: int, padding: str) -> Any:
 
 class _BlockBase(nn.Module):
     """Fields shared by both residual blocks."""
-    planes: int  # inner width (already width-scaled)
+    planes: int  # stage width (already width-scaled); output = planes * expansion
     strides: int = 1
     downsample: bool = False
     padding: str = "torch"
@@ -89,15 +89,21 @@ class BasicBlock(_BlockBase):
 
 
 class Bottleneck(_BlockBase):
-    """1x1 -> 3x3 (strided, v1.5) -> 1x1 bottleneck (ResNet-50+); output width = 4 * planes."""
+    """1x1 -> 3x3 (strided, v1.5) -> 1x1 bottleneck (ResNet-50+); output width = 4 * planes.
+
+    ``width_per_group`` is torchvision's name: the two inner convs have
+    ``planes * width_per_group / 64`` channels (128 in wide_resnet50_2 / wide_resnet101_2).
+    """
     expansion = 4
+    width_per_group: int = 64
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         out = self.planes * self.expansion
-        y = self._conv(self.planes, 1, 1, "conv1")(x)
+        inner = int(self.planes * (self.width_per_group / 64))  # torchvision's rounding
+        y = self._conv(inner, 1, 1, "conv1")(x)
         y = nn.relu(self._bn(train, "bn1")(y))
-        y = self._conv(self.planes, 3, self.strides, "conv2")(y)
+        y = self._conv(inner, 3, self.strides, "conv2")(y)
         y = nn.relu(self._bn(train, "bn2")(y))
         y = self._conv(out, 1, 1, "conv3")(y)
         y = self._bn(train, "bn3", zero=self.zero_init_residual)(y)
@@ -113,6 +119,9 @@ class ResNet(nn.Module):
       num_classes: None returns pooled features [N, num_features]; else logits from ``fc``.
       width: multiplies every conv width, the stem included (SimCLR/SwAV/VICReg convention;
         not torchvision's wide_resnet, which widens only the bottleneck's inner convs).
+      width_per_group: torchvision's wide-ResNet knob: the bottleneck's two inner convs get
+        ``planes * width_per_group / 64`` channels (64 = plain ResNet, 128 = wide_resnet*_2).
+        Bottleneck ResNets only.
       cifar_stem: 3x3 stride-1 stem conv and no max-pool (for 32 px inputs).
       padding: "torch" (explicit symmetric pads, loads torchvision weights exactly), "same"
         (TF/Haiku SAME everywhere, e.g. for BYOL checkpoints) or "simclr" (SimCLR v1/v2 TF
@@ -127,6 +136,7 @@ class ResNet(nn.Module):
     cifar_stem: bool = False
     padding: str = "torch"
     zero_init_residual: bool = False
+    width_per_group: int = 64
     dtype: Any = jnp.float32
 
     @property
@@ -139,6 +149,12 @@ class ResNet(nn.Module):
             raise ValueError(f"padding={self.padding!r}; valid choices: {PADDINGS}")
         if self.width <= 0:
             raise ValueError(f"width={self.width!r} must be > 0")
+        if self.width_per_group != 64 and not self.bottleneck:
+            raise ValueError(f"width_per_group={self.width_per_group!r} needs a bottleneck "
+                             "ResNet (resnet50/101/152); BasicBlock ResNets only take 64")
+        if self.width_per_group <= 0:
+            raise ValueError(f"width_per_group={self.width_per_group!r} must be > 0 "
+                             "(torchvision: 64, or 128 for wide_resnet*_2)")
         super().__post_init__()
 
     @nn.compact
@@ -162,6 +178,7 @@ class ResNet(nn.Module):
         self.sow("intermediates", "stem", x)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock
+        extra = {"width_per_group": self.width_per_group} if self.bottleneck else {}
         in_features = stem
         for stage, num_blocks in enumerate(self.stage_sizes):
             planes = scaled_width(64 * 2 ** stage, self.width)
@@ -172,7 +189,7 @@ class ResNet(nn.Module):
                     planes=planes, strides=strides,
                     downsample=(strides != 1 or in_features != out_features),
                     padding=conv_padding, zero_init_residual=self.zero_init_residual,
-                    dtype=self.dtype, name=f"layer{stage + 1}_{b}")
+                    dtype=self.dtype, name=f"layer{stage + 1}_{b}", **extra)
                 x = block(x, train)
                 in_features = out_features
                 self.sow("intermediates", f"layer{stage + 1}.{b}", x)
