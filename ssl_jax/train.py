@@ -63,14 +63,16 @@ def init_state(method, tx: optax.GradientTransformation, rng: jax.Array, image_s
 def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dict,
                    rng: jax.Array):
     """((loss, (new_model_state, metrics)), grads) of one step on a global batch
-    {"image": uint8 [B, V, H, W, 3], "label": [B]}. Randomness is fold_in(rng, step), so a
-    resumed run draws the same augmentations as an uninterrupted one."""
+    {"image": uint8 [B, V, H, W, 3], "label": [B]} (+ "index": [B] for methods with
+    `needs_index`, e.g. memory banks). Randomness is fold_in(rng, step), so a resumed run
+    draws the same augmentations as an uninterrupted one."""
     rng = jax.random.fold_in(rng, state.step)
     aug_rng, loss_rng = jax.random.split(rng)
     views = device_augment(aug_rng, batch["image"], preset)
+    extra = {"index": batch["index"]} if getattr(method, "needs_index", False) else {}
 
     def loss_fn(params):
-        return method.loss(params, state.model_state, views, batch["label"], loss_rng)
+        return method.loss(params, state.model_state, views, batch["label"], loss_rng, **extra)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
@@ -148,11 +150,15 @@ def total_steps(config, num_train: int) -> int:
     return int(round(config.num_epochs * steps_per_epoch))
 
 
-def with_total_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
-    """A copy of `config` with `total_steps = steps` (the run length in optimizer steps)."""
+def with_total_steps(config: ml_collections.ConfigDict, steps: int,
+                     num_train: int | None = None) -> ml_collections.ConfigDict:
+    """A copy of `config` with `total_steps = steps` (the run length in optimizer steps) and,
+    when given, `num_train` (the size of the training split's index space: memory banks)."""
     config = copy.deepcopy(config)
     with config.unlocked():
         config.total_steps = int(steps)
+        if num_train is not None:
+            config.num_train = int(num_train)
     return config
 
 
@@ -216,8 +222,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     size = config.dataset.image_size
 
     # Methods with step-dependent state (BYOL's tau schedule) read the run length from
-    # config.total_steps; a copy, so the caller's (possibly locked) config is left as it was.
-    config = with_total_steps(config, steps)
+    # config.total_steps, memory banks their size from config.num_train; a copy, so the
+    # caller's (possibly locked) config is left as it was.
+    _, index_space = pipeline.split_offsets(builder, config.dataset.train_split)
+    config = with_total_steps(config, steps, index_space)
     method = get_method(config.method, config)
     if len(preset.views) != method.num_views:
         raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
@@ -250,7 +258,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     data = pipeline.train_iterator(
         builder, config.dataset.train_split, config.batch_size,
         preset.views, size, seed=config.seed, start_step=start,
-        cache=config.dataset.get("cache", True))
+        cache=config.dataset.get("cache", True),
+        with_index=getattr(method, "needs_index", False))
     writer = metrics_lib.MetricWriter(workdir)
 
     def knn_eval(state) -> dict[str, float]:

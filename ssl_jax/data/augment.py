@@ -371,12 +371,18 @@ BYOL = Preset("byol", (_BYOL_VIEW1, _BYOL_VIEW2))
 _MOCO_V2_VIEW = ViewConfig(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=0.8,
                            grayscale_prob=0.2, blur_prob=0.5, blur_padding="edge")
 MOCO_V2 = Preset("moco_v2", (_MOCO_V2_VIEW, _MOCO_V2_VIEW))
+# InsDis / NPID (zhirongw/lemniscate.pytorch main.py): crop scale (0.2, 1), jitter 0.4 on all
+# four always, grayscale 0.2, flip; one view. (lemniscate applies grayscale before jitter;
+# ssl_jax's fixed op order is jitter then grayscale, as SimCLR/BYOL/MoCo.)
+INSDIS = Preset("insdis", (ViewConfig(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4),
+                                      jitter_prob=1.0, grayscale_prob=0.2, blur_prob=0.0),))
 # Supervised baseline (torchvision ImageNet recipe): crop + flip only.
 SUPERVISED = Preset("supervised", (ViewConfig(**_NO_COLOUR),))
 # Evaluation: centre crop of 0.875 of the shorter side, nothing random.
 EVAL = Preset("eval", (ViewConfig(crop="center", flip=False, **_NO_COLOUR),))
 
-_PRESETS = {p.name: p for p in (SIMCLR_IMAGENET, SIMCLR_CIFAR, BYOL, MOCO_V2, SUPERVISED, EVAL)}
+_PRESETS = {p.name: p for p in (SIMCLR_IMAGENET, SIMCLR_CIFAR, BYOL, MOCO_V2, INSDIS, SUPERVISED,
+                                EVAL)}
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(ViewConfig))
 _SHORTCUTS = ("min_crop_scale", "jitter_strength", "blur")
 

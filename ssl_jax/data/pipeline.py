@@ -72,6 +72,29 @@ def _decode_image(builder, encoded):
     return image
 
 
+def split_offsets(builder, split: str) -> tuple[list[int], int]:
+    """(first global index of each shard file, number of examples) of the base split of
+    `split` ("train[:90%]" -> "train"): the index space of `example_index`."""
+    info = builder.info.splits[split.split("[")[0]]
+    lengths = list(info.shard_lengths) or [info.num_examples]
+    offsets = [0]
+    for n in lengths[:-1]:
+        offsets.append(offsets[-1] + n)
+    return offsets, int(info.num_examples)
+
+
+def example_index(tfds_id: tf.Tensor, offsets: list[int]) -> tf.Tensor:
+    """Stable int32 position of an example in its split, from TFDS's `tfds_id`
+    ("<name>-<split>.tfrecord-SSSSS-of-NNNNN__<record>"): shard offset + record. It does not
+    depend on shuffling, caching, sharding or the epoch, so a memory bank row always belongs
+    to the same image."""
+    file_part, record = tf.strings.split(tfds_id, "__")[0], tf.strings.split(tfds_id, "__")[1]
+    shard = tf.strings.to_number(
+        tf.strings.split(tf.strings.split(file_part, ".tfrecord-")[-1], "-of-")[0], tf.int64)
+    offset = tf.gather(tf.constant(offsets, tf.int64), shard)
+    return tf.cast(offset + tf.strings.to_number(record, tf.int64), tf.int32)
+
+
 def example_view_seed(seed: int, index: tf.Tensor, view_index: int) -> tf.Tensor:
     """Stateless seed of one view of the example at global stream position `index`. It depends
     on (seed, index, view) only, never on the process count, so any sharding and any resumed run
@@ -81,19 +104,26 @@ def example_view_seed(seed: int, index: tf.Tensor, view_index: int) -> tf.Tensor
 
 def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
                    seed: int, start_step: int = 0, cache: bool = True,
-                   shuffle_buffer: int = 50_000) -> Iterator[dict[str, np.ndarray]]:
+                   shuffle_buffer: int = 50_000, with_index: bool = False
+                   ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's part of each global batch.
 
-    views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here). Yields {"image": uint8 [b, V, S, S, 3],
-    "label": int32 [b]}, b = global_batch_size / process_count.
+    views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here).
+    Yields {"image": uint8 [b, V, S, S, 3], "label": int32 [b]}, b = global_batch_size /
+    process_count, plus "index": int32 [b] (`example_index`) with `with_index` (memory banks).
     """
     nproc, pid = jax.process_count(), jax.process_index()
     if global_batch_size % nproc:
         raise ValueError(f"batch_size={global_batch_size} not divisible by {nproc} processes")
     local = global_batch_size // nproc
     ds = builder.as_dataset(split=split, shuffle_files=True, decoders=_image_decoders(builder),
-                            read_config=tfds.ReadConfig(shuffle_seed=seed))
-    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+                            read_config=tfds.ReadConfig(shuffle_seed=seed,
+                                                        add_tfds_id=with_index))
+    keys = ("image", "label") + (("index",) if with_index else ())
+    if with_index:
+        offsets, _ = split_offsets(builder, split)
+        ds = ds.map(lambda ex: {**ex, "index": example_index(ex["tfds_id"], offsets)})
+    ds = ds.map(lambda ex: {k: ex[k] for k in keys})
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -104,7 +134,8 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
         image = _decode_image(builder, ex["image"])
         out = [crop.crop_view(image, example_view_seed(seed, i, v), image_size, view)
                for v, view in enumerate(views)]
-        return {"image": tf.stack(out), "label": tf.cast(ex["label"], tf.int32)}
+        return {"image": tf.stack(out), "label": tf.cast(ex["label"], tf.int32),
+                **{k: ex[k] for k in keys[2:]}}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
