@@ -8,7 +8,8 @@ reference's lr 0.03 at batch 256, 200 epochs, steps at 120/160; here a cosine sc
 Negatives are drawn per example as the reference does, except in smoke/quickstart, which share
 one draw across the batch (the [B, K, D] gather dominates a CPU step).
 Variants: smoke, quickstart (built-in dataset, CPU minutes), cifar10, imagenet (R50, 200 ep).
-Args: `configs/insdis.py:VARIANT[,epochs=E,width=W]`; any field: `--config.insdis.num_negatives=1024`.
+Args: `configs/insdis.py:VARIANT[,epochs=E,width=W]`;
+any field: `--config.insdis.num_negatives=1024`.
 """
 from configs.common import base_config, parse_arg
 import ml_collections

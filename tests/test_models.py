@@ -259,8 +259,15 @@ def test_projection_mlp_v2_matches_numpy(train):
                                                          s[f"bn_{i}"]["var"])
         h = _np_bn(h, mean, var, p[f"bn_{i}"]["scale"], p[f"bn_{i}"].get("bias"))
         h = np.maximum(h, 0) if i < 2 else h
+        if i == 0:
+            first = h.copy()  # SimCLR v2's "middle layer": dense_0 -> bn_0 -> ReLU
     out, _ = head.apply(v, x, train=train, mutable=["batch_stats"])
     np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-4)
+    middle, _ = head.apply(v, x, train=train, upto=1, mutable=["batch_stats"])
+    np.testing.assert_allclose(middle, first, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(head.apply(v, x, train=False, upto=0), x)
+    with pytest.raises(ValueError, match="upto=4 must be in"):
+        head.apply(v, x, train=False, upto=4)
 
 
 def test_byol_predictor_matches_torch_train_mode():

@@ -21,9 +21,13 @@ class SimCLRNet(nn.Module):
     head: nn.Module
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, head_layers: int | None = None):
+        """-> (backbone features, projection); with ``head_layers=k`` (v2 head) the second
+        output is the head's k-th layer instead of its last."""
         h = self.backbone(normalize(x), train=train)
-        return h, self.head(h, train=train)
+        if head_layers is None:
+            return h, self.head(h, train=train)
+        return h, self.head(h, train=train, upto=head_layers)
 
 
 class Method:
@@ -33,8 +37,18 @@ class Method:
         cfg = config.simclr
         if cfg.head not in HEADS:
             raise ValueError(f"unknown simclr.head {cfg.head!r}; valid: {', '.join(HEADS)}")
-        head_cls = heads.ProjectionMLP if cfg.head == "v1" else heads.ProjectionMLPv2
-        self.net = SimCLRNet(build_backbone(config), head_cls(out_dim=cfg.proj_dim))
+        head = (heads.ProjectionMLP(out_dim=cfg.proj_dim) if cfg.head == "v1" else
+                heads.ProjectionMLPv2(out_dim=cfg.proj_dim, num_layers=cfg.get("head_layers", 3)))
+        # SimCLR v2 evaluates/fine-tunes from a middle layer of its deep head
+        # (ft_proj_selector): features_layer = k > 0 takes the head's k-th layer output.
+        self.features_layer = int(cfg.get("features_layer", 0))
+        if self.features_layer and cfg.head != "v2":
+            raise ValueError(f"simclr.features_layer={self.features_layer} needs simclr.head=v2 "
+                             "(the v1 head has no BatchNorm'd middle layer to start from)")
+        if not 0 <= self.features_layer <= cfg.get("head_layers", 3):
+            raise ValueError(f"simclr.features_layer={self.features_layer} must be in "
+                             f"[0, simclr.head_layers={cfg.get('head_layers', 3)}]")
+        self.net = SimCLRNet(build_backbone(config), head)
         self.temperature = cfg.temperature
 
     def init(self, rng, images):
@@ -54,7 +68,12 @@ class Method:
         return loss, (new_state, {"loss": loss, "contrastive_accuracy": acc})
 
     def features(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
+        """Backbone features [B, D], or the v2 head's `features_layer`-th layer output."""
+        variables = {"params": params, **model_state}
+        if self.features_layer:
+            return self.net.apply(variables, images, train=False,
+                                  head_layers=self.features_layer)[1]
+        return self.net.apply(variables, images, train=False)[0]
 
     def after_update(self, state):
         return state

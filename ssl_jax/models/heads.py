@@ -52,11 +52,17 @@ class ProjectionMLPv2(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool, upto: int | None = None) -> jnp.ndarray:
+        """x: [N, D] -> [N, out_dim]; ``upto=k`` (0 <= k <= num_layers) returns the output of
+        the first k layers instead (after their BN and ReLU): SimCLR v2's "fine-tune from a
+        middle layer of the head" (its ``ft_proj_selector``), e.g. k = 1."""
         if self.num_layers < 1:
             raise ValueError(f"num_layers={self.num_layers} must be >= 1")
+        upto = self.num_layers if upto is None else upto
+        if not 0 <= upto <= self.num_layers:
+            raise ValueError(f"upto={upto} must be in [0, num_layers={self.num_layers}]")
         hidden = self.hidden_dim or x.shape[-1]
-        for i in range(self.num_layers):
+        for i in range(upto):
             last = i == self.num_layers - 1
             x = nn.Dense(self.out_dim if last else hidden, use_bias=False, dtype=self.dtype,
                          name=f"dense_{i}")(x)
