@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import insdis as insdis_config
 from ssl_jax import optim, train
 from ssl_jax.data import augment, pipeline
 from ssl_jax.methods import get_method, insdis
+from step_on_devices import loss_and_grads_on
 
 
 def _normalise(x):
@@ -90,14 +90,6 @@ def test_example_index_is_the_position_in_the_split(tiny_data_dir):
     assert pipeline.split_offsets(builder, "train")[1] == n
 
 
-def _step(method, preset, state, batch, rng, devices):
-    mesh = Mesh(np.asarray(devices), ("data",))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    fn = jax.jit(lambda s, b, r: train.loss_and_grads(method, preset, s, b, r),
-                 out_shardings=NamedSharding(mesh, P()))
-    return jax.device_get(fn(state, batch, rng))
-
 
 @pytest.mark.parametrize("loss", ["nce", "softmax_nce"])
 def test_step_on_8_devices_equals_1_device_and_writes_the_bank(loss):
@@ -114,8 +106,8 @@ def test_step_on_8_devices_equals_1_device_and_writes_the_bank(loss):
     batch = {"image": rng.integers(0, 256, (16, 1, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 10, (16,), dtype=np.int32), "index": index}
     key = jax.random.key(1)
-    (l8, (ms8, _)), g8 = _step(method, preset, state, batch, key, jax.devices())
-    (l1, (ms1, _)), g1 = _step(method, preset, state, batch, key, jax.devices()[:1])
+    (l8, (ms8, _)), g8 = loss_and_grads_on(jax.devices(), method, preset, state, batch, key)
+    (l1, (ms1, _)), g1 = loss_and_grads_on(jax.devices()[:1], method, preset, state, batch, key)
 
     assert np.isfinite(l1) and l1 > 0
     assert abs(l8 - l1) <= 1e-5 * abs(l1)

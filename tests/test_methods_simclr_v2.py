@@ -3,21 +3,13 @@ features can come from a middle layer of the head (v2's ft_proj_selector)."""
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import simclr as simclr_config
 from ssl_jax import optim, train
 from ssl_jax.data import augment
 from ssl_jax.methods import get_method
+from step_on_devices import loss_and_grads_on
 
-
-def _step(method, preset, state, batch, rng, devices):
-    mesh = Mesh(np.asarray(devices), ("data",))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    fn = jax.jit(lambda s, b, r: train.loss_and_grads(method, preset, s, b, r),
-                 out_shardings=NamedSharding(mesh, P()))
-    return jax.device_get(fn(state, batch, rng))
 
 
 def test_simclr_v2_step_on_8_devices_equals_1_device_and_middle_layer_features():
@@ -31,9 +23,9 @@ def test_simclr_v2_step_on_8_devices_equals_1_device_and_middle_layer_features()
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (16, 2, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 10, (16,), dtype=np.int32)}
-    (l8, (ms8, _)), g8 = _step(method, preset, state, batch, jax.random.key(1), jax.devices())
-    (l1, (ms1, _)), g1 = _step(method, preset, state, batch, jax.random.key(1),
-                               jax.devices()[:1])
+    key = jax.random.key(1)
+    (l8, (ms8, _)), g8 = loss_and_grads_on(jax.devices(), method, preset, state, batch, key)
+    (l1, (ms1, _)), g1 = loss_and_grads_on(jax.devices()[:1], method, preset, state, batch, key)
     assert np.isfinite(l1) and abs(l8 - l1) <= 1e-5 * abs(l1)
     # Relative to the largest gradient entry: the three BatchNorms of the head reassociate the
     # cross-device sums, and small leaves (BN biases, |g| ~0.3) then differ by ~1.5e-5 of

@@ -2,12 +2,12 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import simclr as simclr_config, supervised as supervised_config
 from ssl_jax import optim, train
 from ssl_jax.data import augment
 from ssl_jax.methods import get_method
+from step_on_devices import loss_and_grads_on
 
 
 def _rel_err(a, b):
@@ -16,15 +16,8 @@ def _rel_err(a, b):
 
 
 def _step_outputs(method, preset, state, batch, rng, devices):
-    mesh = Mesh(np.asarray(devices), ("data",))
-    data = NamedSharding(mesh, P("data"))
-    repl = NamedSharding(mesh, P())
-    state = jax.device_put(state, repl)
-    batch = jax.device_put(batch, data)
-    fn = jax.jit(lambda s, b, r: train.loss_and_grads(method, preset, s, b, r),
-                 out_shardings=repl)
-    (loss, (model_state, metrics)), grads = fn(state, batch, rng)
-    return jax.device_get((loss, model_state, grads))
+    (loss, (model_state, _)), grads = loss_and_grads_on(devices, method, preset, state, batch, rng)
+    return loss, model_state, grads
 
 
 @pytest.mark.parametrize("config_module", [simclr_config, supervised_config],
