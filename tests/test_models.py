@@ -339,7 +339,39 @@ def test_batchnorm_statistics_span_the_sharded_global_batch():
 
 def test_models_module_exports():
     assert models.MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                                  "alexnet", "alexnet_bn", "vgg16", "vgg16_bn")
+                                  "alexnet", "alexnet_bn", "vgg16", "vgg16_bn", "plain10")
     assert layer_names("resnet18")[:4] == ["stem", "layer1.0", "layer1.1", "layer1"]
     assert layer_names("alexnet") == ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5",
                                       "fc6", "fc7"]
+
+
+def test_plain10_matches_torch_and_sows_every_conv():
+    """Plain-10 (Kornblith et al. 2019) at width 1/8 against a torch conv-BN-ReLU stack in eval
+    mode; stride 2 at conv4 and conv7 (32 -> 16 -> 8 px)."""
+    model = get_model("plain10", width=0.125, num_classes=10)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    variables = _random_variables(model, x)
+    out, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    acts = state["intermediates"]
+    assert list(acts) == layer_names("plain10") == [f"conv{i}" for i in range(1, 9)] + ["pool"]
+    assert acts["conv3"][0].shape == (2, 32, 32, 8) and acts["conv4"][0].shape == (2, 16, 16, 16)
+    assert acts["conv8"][0].shape == (2, 8, 8, 32) and model.num_features == 32
+
+    p, bs = variables["params"], variables["batch_stats"]
+    h = torch.from_numpy(x).permute(0, 3, 1, 2)
+    for i, stride in enumerate((1, 1, 1, 2, 1, 1, 2, 1), start=1):
+        w = torch.from_numpy(np.asarray(p[f"conv{i}_conv"]["kernel"])).permute(3, 2, 0, 1)
+        h = F.conv2d(h, w, stride=stride, padding=1)
+        stats, affine = bs[f"conv{i}_bn"], p[f"conv{i}_bn"]
+        bn = [torch.from_numpy(np.asarray(t)) for t in (stats["mean"], stats["var"],
+                                                          affine["scale"], affine["bias"])]
+        h = F.relu(F.batch_norm(h, *bn, training=False, eps=1e-5))
+        np.testing.assert_allclose(np.asarray(acts[f"conv{i}"][0]),
+                                   h.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    ref = h.mean((2, 3)).numpy() @ np.asarray(p["fc"]["kernel"]) + np.asarray(p["fc"]["bias"])
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_plain10_rejects_resnet_only_options():
+    with pytest.raises(ValueError, match="cifar_stem=True is not supported by plain10"):
+        get_model("plain10", cifar_stem=True)

@@ -12,17 +12,18 @@ from typing import Any
 
 import flax.linen as nn
 
-from ssl_jax.models import alexnet, resnet, vgg
+from ssl_jax.models import alexnet, plain, resnet, vgg
 from ssl_jax.models.alexnet import AlexNet
+from ssl_jax.models.plain import PlainCNN
 from ssl_jax.models.heads import LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.models.vgg import VGG
 from ssl_jax.models.load import load  # noqa: E402  (converted zoo checkpoints)
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet",
-               "alexnet_bn", "vgg16", "vgg16_bn")
+               "alexnet_bn", "vgg16", "vgg16_bn", "plain10")
 
-__all__ = ["MODEL_NAMES", "get_model", "layer_names", "ResNet", "AlexNet", "VGG",
+__all__ = ["MODEL_NAMES", "get_model", "layer_names", "ResNet", "AlexNet", "VGG", "PlainCNN",
            "ProjectionMLP", "ProjectionMLPv2", "Predictor", "LinearClassifier"]
 
 
@@ -37,7 +38,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     Common kwargs: ``num_classes`` (None = pooled features), ``width`` (multiplies every conv
     width, stem included), ``dtype`` (computation dtype). ResNets also take ``cifar_stem``,
     ``padding`` ("torch" | "same" | "simclr") and ``zero_init_residual``; AlexNet/VGG take
-    ``fc_dim`` and ``dropout_rate`` and accept only ``cifar_stem=False, padding="torch"``.
+    ``fc_dim`` and ``dropout_rate`` and accept only ``cifar_stem=False, padding="torch"``, as
+    does ``plain10`` (Kornblith et al. 2019's Plain-10 CNN for 32 px inputs).
     Unknown names or kwargs raise ValueError listing the valid ones.
     """
     _check_name(name)
@@ -51,8 +53,11 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
             value = kwargs.pop(key, default)
             if value != default:
                 raise ValueError(f"{key}={value!r} is not supported by {name}; only {default!r}")
-        cls = AlexNet if name.startswith("alexnet") else VGG
-        fixed = {"batch_norm": name.endswith("_bn")}
+        if name == "plain10":
+            cls, fixed = PlainCNN, {}
+        else:
+            cls = AlexNet if name.startswith("alexnet") else VGG
+            fixed = {"batch_norm": name.endswith("_bn")}
     valid = sorted(set(cls.__dataclass_fields__) - set(fixed) - {"parent", "name"})
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
@@ -65,10 +70,13 @@ def layer_names(model_name: str) -> list[str]:
 
     ResNet: stem, layer1.0, ..., layer1, ..., layer4, pool. AlexNet: conv1..conv5, pool5,
     fc6, fc7. VGG16: conv1_1, conv1_2, conv1, ..., conv5_3, conv5, pool5, fc6, fc7.
+    Plain-10: conv1 ... conv8, pool.
     """
     _check_name(model_name)
     if model_name.startswith("resnet"):
         return resnet.layer_names(model_name)
     if model_name.startswith("alexnet"):
         return list(alexnet.LAYER_NAMES)
+    if model_name == "plain10":
+        return list(plain.LAYER_NAMES)
     return list(vgg.LAYER_NAMES)
