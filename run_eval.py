@@ -17,6 +17,7 @@ OUTDIR/feature_cache (or --config.cache_dir), so a second run on them skips the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -475,6 +476,7 @@ def run(config, outdir: str) -> dict:
 
 def main(argv):
     del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every restore step at INFO
     try:
         run(FLAGS.config, FLAGS.outdir)
     except (ValueError, FileNotFoundError) as e:
