@@ -181,7 +181,7 @@ def resolve_layers(spec: str, available: list[str]) -> list[str]:
 
 def layer_features(ctx: dict, checkpoint: str, source: dict, split: str, layers: list[str],
                    pooling: str) -> tuple[dict, "np.ndarray"]:
-    """({layer: pooled activations [N, D_l]}, labels [N}); one forward pass for all layers not
+    """({layer: pooled activations [N, D_l]}, labels [N]); one forward pass for all layers not
     yet cached."""
     import numpy as np
 
