@@ -104,16 +104,18 @@ def open_data(config, source: dict) -> dict:
             "class_names": list(label.names)}
 
 
-def batches(source: dict, data: dict, split: str, progress: bool, what: str):
-    """The eval iterator of `split` at the source's resolution, with a progress bar."""
+def batches(source: dict, data: dict, split: str, progress: bool, what: str,
+            limit: int | None = None):
+    """The eval iterator of `split` at the source's resolution, with a progress bar (sized for
+    the first `limit` examples when the caller stops there)."""
     from tqdm import tqdm
 
     from ssl_jax.data import pipeline
 
-    n = pipeline.num_examples(data["builder"], split)
+    n = min(pipeline.num_examples(data["builder"], split), limit or float("inf"))
     it = pipeline.eval_iterator(data["builder"], split, source["batch_size"],
                                 source["image_size"], crop_fraction=source["crop_fraction"])
-    return tqdm(it, total=math.ceil(n / source["batch_size"]), desc=f"{what} {split}",
+    return tqdm(it, total=int(math.ceil(n / source["batch_size"])), desc=f"{what} {split}",
                 disable=not progress)
 
 
@@ -402,7 +404,7 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
 
     def minibatches():
         seen = 0
-        for b in batches(source, data, split, config.progress, "CKA"):
+        for b in batches(source, data, split, config.progress, "CKA", config.num_examples):
             if seen + batch > config.num_examples or not b["valid"].all():
                 return  # whole batches only: every minibatch the same size
             seen += batch
