@@ -38,6 +38,8 @@ FLAGS = flags.FLAGS
 EVALUATORS = ("linear", "per_layer", "confusion", "retrieval", "similarity")
 # Default per-layer probe points: stage outputs, by the last component of the sown name.
 DEFAULT_LAYER = re.compile(r"(stem|layer\d+|conv\d+|pool)")
+# One example per image (ssl_jax.similarity.activations modes; "positions" makes one per pixel).
+POOLINGS = ("gap", "flatten")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +253,8 @@ def eval_linear(config, ctx: dict) -> tuple[dict, list[str]]:
 def eval_per_layer(config, ctx: dict) -> tuple[dict, list[str]]:
     from ssl_jax.evaluation.per_layer import per_layer_probe, plot_per_layer
 
+    if config.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
     source, (train_split, eval_split) = ctx["source"], ctx["data"]["splits"]
     layers = resolve_layers(config.layers, sown_layers(source, source["image_size"]))
     trf, try_ = layer_features(ctx, config.checkpoint, source, train_split, layers,
@@ -490,7 +494,10 @@ def cli():
     try:
         FLAGS(sys.argv)
     except (flags.Error, KeyError, AttributeError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        # A config file's own error arrives wrapped in ml_collections' traceback text: its
+        # last line is the error itself.
+        msg = (lines[-1] if "Traceback" in str(e) else lines[0]) if lines else type(e).__name__
         sys.exit(f"error: {msg}")
     app.run(main, argv=[sys.argv[0]])
 

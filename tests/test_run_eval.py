@@ -77,5 +77,8 @@ def test_run_eval_bad_values_name_valid_choices(smoke_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="layer 'layer9' matches 0 sown layers; valid:"):
         run_eval.run(_config(per_layer, smoke_checkpoint, tmp_path, layers="layer9"),
                      str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="pooling must be one of gap, flatten, got 'max'"):
+        run_eval.run(_config(per_layer, smoke_checkpoint, tmp_path, pooling="max"),
+                     str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown config arg 'bogus'; valid:"):
         linear.get_config("bogus=1")
