@@ -8,10 +8,14 @@ VARIANTS = ("smoke", "quickstart", "cifar10", "imagenet")
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """'quickstart,width=0.5' -> ConfigDict(variant='quickstart', width=0.5). Values are cast to
-    the type of the default; a bare word is the variant."""
+    the type of the default; a bare word is the variant (only where `variant` is a default:
+    the evaluator configs have none)."""
     out = ml_collections.ConfigDict(dict(defaults))
     for item in filter(None, (arg or "").split(",")):
         if "=" not in item:
+            if "variant" not in defaults:
+                raise ValueError(f"config arg {item!r} is not key=value; valid keys: "
+                                 f"{', '.join(sorted(defaults))}")
             out.variant = item
             continue
         key, value = item.split("=", 1)
@@ -19,7 +23,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             raise ValueError(f"unknown config arg {key!r}; valid: {', '.join(sorted(defaults))}")
         kind = type(defaults[key])
         out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-    if out.variant not in VARIANTS:
+    if "variant" in out and out.variant not in VARIANTS:
         raise ValueError(f"unknown config variant {out.variant!r}; valid: {', '.join(VARIANTS)}")
     return out
 
@@ -76,4 +80,23 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
         c.batch_size = 4096
         c.eval.update(every_steps=0)
         c.checkpoint_every = 2500
+    return c
+
+
+def eval_config(evaluator: str, arg: str | None, **extra) -> ml_collections.ConfigDict:
+    """Fields every run_eval evaluator shares, plus its own `extra` defaults; `arg` may set
+    checkpoint, dataset and any key of `extra` ('dataset=cifar10,probe_grid=9')."""
+    a = parse_arg(arg, checkpoint="", dataset="", **extra)
+    c = ml_collections.ConfigDict()
+    c.evaluator = evaluator
+    c.checkpoint = a.checkpoint   # a run_train workdir or a converted zoo checkpoint directory
+    c.dataset = a.dataset         # "" -> the run's own dataset
+    c.data_dir = ""               # "" -> the run's own data_dir / TFDS default
+    c.train_split = ""            # "" -> the run's (or "train")
+    c.eval_split = ""             # "" -> the run's (or "test")
+    c.num_classes = 0             # 0 -> from the dataset's label feature
+    c.image_size = 0              # 0 -> the run's (224 for converted checkpoints)
+    c.cache_dir = ""              # "" -> OUTDIR/feature_cache
+    c.progress = True
+    c.update({k: a[k] for k in extra})
     return c

@@ -38,3 +38,15 @@ def tiny_data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("shapes_textures/tiny", data_dir=path).download_and_prepare()
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_simclr_run(tiny_data_dir, tmp_path_factory):
+    """Workdir of one uninterrupted 6-step SimCLR smoke run (tests/smoke_run.py), shared by the
+    trainer and run_eval tests. Treat as read-only: copy it before changing anything."""
+    import smoke_run
+
+    workdir = tmp_path_factory.mktemp("smoke_simclr")
+    out = smoke_run.run(smoke_run.smoke_cmd(workdir, tiny_data_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir

@@ -1,4 +1,4 @@
-"""Layer-by-layer comparison of two networks (run_eval --mode similarity)."""
+"""Layer-by-layer comparison of two networks (run_eval configs/eval/similarity.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -13,18 +13,10 @@ import pytest
 
 from configs import simclr as simclr_config
 from ssl_jax import metrics as metrics_lib, train
+import smoke_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cmd(workdir, data_dir, *extra):
-    return [sys.executable, os.path.join(ROOT, "run_train.py"), "--config",
-            os.path.join(ROOT, "configs/simclr.py:smoke"), "--workdir", str(workdir),
-            f"--config.dataset.data_dir={data_dir}", "--config.eval.every_steps=0", *extra]
-
-
-def _run(cmd, **kw):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+_cmd, _run = smoke_run.smoke_cmd, smoke_run.run
 
 
 def _final_params(workdir, step):
@@ -38,12 +30,9 @@ def _final_params(workdir, step):
     return jax.device_get(checkpointer.restore(path, target)["params"])
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_run(tiny_data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    out = _run(_cmd(workdir, tiny_data_dir))
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
+@pytest.fixture
+def uninterrupted_run(smoke_simclr_run):
+    return smoke_simclr_run
 
 
 def test_sigkill_mid_run_resumes_to_identical_parameters(uninterrupted_run, tiny_data_dir,

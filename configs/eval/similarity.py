@@ -1,0 +1,11 @@
+"""python run_eval.py --config configs/eval/similarity.py --config.checkpoint=runs/quickstart/simclr --config.checkpoint_b=runs/quickstart/supervised --outdir runs/eval/cka
+
+Layer-by-layer minibatch CKA between two run_train checkpoints on the first `num_examples`
+eval examples (all layer pairs, each layer vs one-hot labels, each layer of A clean vs
+augmented); `activations`: gap or flatten.
+"""
+from configs.common import eval_config
+
+
+def get_config(arg=None):
+    return eval_config("similarity", arg, checkpoint_b="", num_examples=2000, activations="gap")

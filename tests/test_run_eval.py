@@ -1,0 +1,84 @@
+"""run_eval end to end on the tiny built-in dataset: every frozen-feature evaluator config on a
+smoke-trained checkpoint, outputs on disk, and the feature cache reused by a second run."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import run_eval
+from configs.eval import confusion, linear, per_layer, retrieval
+from ssl_jax import sharding
+
+
+@pytest.fixture
+def smoke_checkpoint(smoke_simclr_run):
+    return str(smoke_simclr_run)
+
+
+def _config(module, checkpoint, cache_dir, arg=None, **fields):
+    c = module.get_config(arg)
+    c.update(checkpoint=checkpoint, cache_dir=str(cache_dir), progress=False, **fields)
+    return c
+
+
+def test_run_eval_all_evaluators_and_feature_cache(smoke_checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    lin = run_eval.run(_config(linear, smoke_checkpoint, cache, "probe_grid=3",
+                               few_shot_episodes=0), str(tmp_path / "linear"))
+    assert lin["feature_cache_hits"] == []
+    m = lin["metrics"]
+    assert 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_top1"] <= 100
+    assert len(os.listdir(cache)) == 2  # train + test features
+
+    again = run_eval.run(_config(linear, smoke_checkpoint, cache, "probe_grid=3",
+                                 few_shot_episodes=0), str(tmp_path / "linear2"))
+    assert len(again["feature_cache_hits"]) == 2
+    assert again["metrics"] == m  # same features, same deterministic probe
+
+    # two layers keep the test fast (each feature width compiles its own probe)
+    layers = run_eval.run(_config(per_layer, smoke_checkpoint, cache, "probe_grid=3",
+                                  layers="layer1+pool"),
+                          str(tmp_path / "layers"))["metrics"]["layers"]
+    assert list(layers) == ["layer1", "pool"] and layers["layer1"]["dim"] == 8
+    assert layers["pool"]["top1"] == pytest.approx(m["linear_top1"])  # pool = final features
+    assert (tmp_path / "layers" / "per_layer.png").stat().st_size > 1000
+
+    conf = run_eval.run(_config(confusion, smoke_checkpoint, cache, "probe_grid=3",
+                                reference=smoke_checkpoint), str(tmp_path / "confusion"))
+    cm = np.array(conf["metrics"]["confusion_matrix"])
+    assert cm.shape == (10, 10)
+    assert np.trace(cm) / cm.sum() * 100 == pytest.approx(m["linear_top1"], abs=1e-3)
+    assert 0 <= conf["metrics"]["within_group_top5_error_fraction"] <= 1
+    # reference = the same checkpoint: every per-class difference is zero
+    assert all(r["difference"] == 0 for r in conf["metrics"]["strongest"])
+    assert (tmp_path / "confusion" / "confusion.png").exists()
+
+    ret = run_eval.run(_config(retrieval, smoke_checkpoint, cache, "k=3", queries="0+5"),
+                       str(tmp_path / "retrieval"))
+    rows = ret["metrics"]["queries"]
+    assert [r["query"] for r in rows] == [0, 5] and all(len(r["neighbours"]) == 3 for r in rows)
+    assert all(np.all(np.diff(r["similarities"]) <= 1e-6) for r in rows)
+    assert (tmp_path / "retrieval" / "retrieval.png").stat().st_size > 1000
+    for d in ("linear", "layers", "confusion", "retrieval"):
+        assert (tmp_path / d / "report.md").read_text().startswith("# ")
+        assert json.loads((tmp_path / d / "metrics.json").read_text())["evaluator"]
+
+
+def test_default_layers_are_the_stages_in_forward_order(smoke_checkpoint):
+    source = run_eval.load_source(smoke_checkpoint, 0, sharding.make_mesh())
+    names = run_eval.sown_layers(source, source["image_size"])
+    picked = [n.split("/")[-1] for n in run_eval.resolve_layers("", names)]
+    assert picked == ["stem", "layer1", "layer2", "layer3", "layer4", "pool"]
+    assert run_eval.resolve_layers("layer2+stem", names)[1].endswith("/stem")
+
+
+def test_run_eval_bad_values_name_valid_choices(smoke_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="layer 'layer9' matches 0 sown layers; valid:"):
+        run_eval.run(_config(per_layer, smoke_checkpoint, tmp_path, layers="layer9"),
+                     str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="pooling must be one of gap, flatten, got 'max'"):
+        run_eval.run(_config(per_layer, smoke_checkpoint, tmp_path, pooling="max"),
+                     str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="unknown config arg 'bogus'; valid:"):
+        linear.get_config("bogus=1")
