@@ -215,3 +215,39 @@ def test_localisation_iou_of_a_map_equal_to_the_mask_is_one(tiny_data_dir):
         ref, rtol=1e-6)
     with pytest.raises(ValueError, match="does not match"):
         A.localisation_iou(jnp.asarray(maps[:, :-1]), jnp.asarray(masks))
+
+
+def test_fit_linear_head_folds_standardisation_into_the_weights():
+    from ssl_jax.evaluation.attention_report import fit_linear_head
+    from ssl_jax.evaluation.linear_probe import fit_logistic_regression
+    rng = np.random.default_rng(0)
+    f = rng.normal(5.0, 3.0, (60, 4)).astype(np.float32)
+    y = (f[:, 0] > 5.0).astype(np.int32)
+    w, b = fit_linear_head(f, y, 2)
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    p, _ = fit_logistic_regression((f - mu) / sd, y, 1.0, num_classes=2)
+    np.testing.assert_allclose(np.asarray(f @ w + b), np.asarray(((f - mu) / sd) @ p.w + p.b),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_attention_writes_json_png_and_markdown(tmp_path):
+    import json
+
+    from ssl_jax.evaluation.attention_report import evaluate_attention
+    model, variables, x = _conv_gap_dense(size=8)
+    x = jax.nn.sigmoid(x)
+    mask = np.zeros((2, 8, 8, 1), np.uint8)
+    mask[:, 2:6, 2:6] = 1
+    batches = [{"image": np.asarray(x), "label": np.array([0, 1]), "mask": mask,
+                "valid": np.array([True, True])}]
+    record = evaluate_attention(model, variables, batches, str(tmp_path), head=None,
+                                num_overlays=2, title="toy")
+    assert record["layer"] == "feat" and record["num_examples"] == 2
+    assert (record["patch"], record["stride"]) == (2, 1)
+    saved = json.loads((tmp_path / "attention.json").read_text())
+    m = saved["metrics"]
+    for name in ("grad_cam", "guided_grad_cam", "saliency", "occlusion"):
+        assert 0.0 <= m[f"localisation_iou/{name}"] <= 1.0
+    assert -1.0 <= m["spearman/grad_cam~occlusion"] <= 1.0
+    assert (tmp_path / "attention.png").stat().st_size > 1000
+    assert "| grad_cam ~ occlusion |" in (tmp_path / "attention.md").read_text()

@@ -45,12 +45,13 @@ Head = Optional[Callable[[Any], jax.Array]]
 # Gradients
 # ---------------------------------------------------------------------------------------------
 
-def _apply_fn(model: Model) -> Callable[..., Any]:
+def as_apply_fn(model: Model) -> Callable[..., Any]:
+    """A Linen module's apply, or the given apply-like function."""
     return model.apply if isinstance(model, nn.Module) else model
 
 
 def _logits(model: Model, variables: Mapping, x: jax.Array, head: Head) -> jax.Array:
-    out = _apply_fn(model)(variables, x, train=False)
+    out = as_apply_fn(model)(variables, x, train=False)
     return out if head is None else head(out)
 
 
@@ -80,7 +81,7 @@ def layer_activation_and_gradient(model: Model, variables: Mapping, x: jax.Array
     """(A, dS/dA) at the sown activation ``layer``, both shaped like it (e.g. [N, h, w, K]);
     S = sum over examples of the target logit. Unknown ``layer`` raises ValueError listing the
     differentiable layers."""
-    apply = _apply_fn(model)
+    apply = as_apply_fn(model)
     out, state = apply(variables, x, train=False, mutable=["intermediates", PERTURBATIONS])
     zeros = state.get(PERTURBATIONS, {})
     names = flatten_intermediates(zeros)
