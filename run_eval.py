@@ -7,6 +7,9 @@
 `frozen` (default): restores the newest readable checkpoint of a run_train workdir, extracts
 backbone features of the train and eval splits (sharded over all devices), then runs kNN, the
 linear probe (004 protocol), few-shot and calibration; writes OUTDIR/metrics.json, report.md.
+`attention`: Grad-CAM, Guided Grad-CAM, saliency (linear head fitted on frozen train features)
+and feature-space occlusion on --num_examples eval examples; writes OUTDIR/attention.json,
+attention.png, attention.md (docs/BEHAVIOUR.md, "Attention").
 `similarity`: layer-by-layer minibatch CKA between two checkpoints on the eval split (all layer
 pairs, each layer vs the one-hot labels, each layer of A on clean vs augmented inputs); writes
 OUTDIR/similarity.json, cka.png and report.md.
@@ -22,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_enum("mode", "frozen", ["frozen", "similarity"], "What to evaluate.")
+flags.DEFINE_enum("mode", "frozen", ["frozen", "similarity", "attention"], "What to evaluate.")
 flags.DEFINE_string("checkpoint", None, "A run_train workdir (config.json + checkpoints/), or a "
                     "converted zoo checkpoint directory (python -m checkpoints_convert).")
 flags.DEFINE_string("checkpoint_b", None, "Second run_train workdir (--mode similarity).")
@@ -181,10 +184,36 @@ def similarity() -> dict:
     return record
 
 
+def attention() -> dict:
+    import numpy as np
+    from ssl_jax import sharding, train
+    from ssl_jax.data import pipeline
+    from ssl_jax.evaluation import attention as A, attention_report as R
+
+    mesh = sharding.make_mesh()
+    config, method, state = train.load_trained(FLAGS.checkpoint, mesh)
+    ds = config.dataset
+    builder = pipeline.load_builder(FLAGS.dataset or ds.name, FLAGS.data_dir or ds.data_dir)
+    # No centre crop, so the dataset's foreground masks stay aligned with the images.
+    kw = dict(global_batch_size=32, image_size=ds.image_size, crop_fraction=1.0)
+    train_it = pipeline.eval_iterator(builder, FLAGS.train_split or ds.train_split, **kw)
+    feats, labels = train.extract_features(method.features, (state.params, state.model_state),
+                                           train_it, mesh)
+    num_classes = FLAGS.num_classes or builder.info.features["label"].num_classes
+    w, b = R.fit_linear_head(feats, labels, num_classes)
+    extra = ("mask",) if "mask" in builder.info.features else ()
+    it = pipeline.eval_iterator(builder, FLAGS.eval_split or ds.eval_split, extra_keys=extra, **kw)
+    batches = ({**bt, "image": bt["image"] / np.float32(255)}
+               for _, bt in zip(range(-(-FLAGS.num_examples // 32)), it))
+    variables = {"params": state.params, **state.model_state}
+    return R.evaluate_attention(method.net, variables, batches, FLAGS.outdir,
+                                head=A.linear_head(w, b, 0), output_index=0, title=f"{config.method} ({FLAGS.checkpoint})")
+
+
 def main(argv):
     del argv
     try:
-        similarity() if FLAGS.mode == "similarity" else evaluate()
+        {"similarity": similarity, "attention": attention}.get(FLAGS.mode, evaluate)()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 

@@ -181,7 +181,8 @@ def channel_max_abs(g: jax.Array) -> jax.Array:
 
 def vanilla_saliency(model: Model, variables: Mapping, x: jax.Array,
                      target: Optional[jax.Array] = None, head: Head = None) -> jax.Array:
-    """003's saliency: max_c |d logit_target / d x| for a linear head on frozen features, [N, H, W]."""
+    """003's saliency: max_c |d logit_target / d x| through a linear head on frozen features,
+    [N, H, W]."""
     return channel_max_abs(input_gradient(model, variables, x, target, head))
 
 
