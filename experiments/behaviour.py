@@ -12,7 +12,8 @@ generated locally on first use) with the project's trainer and configs (configs/
 - uniform-noise and contrast robustness curves (ssl_jax.evaluation.distortions);
 - attention maps and their localisation IoU with the true masks (run_eval --mode attention's
   report, ssl_jax.evaluation.attention_report) on --attention_examples test images.
-Writes OUTDIR/behaviour.md, behaviour.json, robustness.png and OUTDIR/<method>/attention.*.
+Writes OUTDIR/behaviour.md, behaviour.json, robustness_{uniform_noise,contrast}.png and
+OUTDIR/<method>/attention.*.
 Re-running resumes unfinished training; finished runs are evaluated again, not retrained.
 """
 from __future__ import annotations
@@ -140,7 +141,7 @@ def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> lis
             acc = r["robustness"][family]["accuracy"]
             lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-              "", "Curves: `robustness.png`; attention overlays: `<network>/attention.png`."]
+              "", "Curves: `robustness_<family>.png`; attention overlays: `<network>/attention.png`."]
     with open(os.path.join(outdir, "behaviour.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     for family in FAMILIES:
