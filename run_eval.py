@@ -207,7 +207,8 @@ def attention() -> dict:
                for _, bt in zip(range(-(-FLAGS.num_examples // 32)), it))
     variables = {"params": state.params, **state.model_state}
     return R.evaluate_attention(method.net, variables, batches, FLAGS.outdir,
-                                head=A.linear_head(w, b, 0), output_index=0, title=f"{config.method} ({FLAGS.checkpoint})")
+                                head=A.linear_head(w, b, 0), output_index=0,
+                                title=f"{config.method} ({FLAGS.checkpoint})")
 
 
 def main(argv):

@@ -38,7 +38,8 @@ FAMILIES = ("uniform_noise", "contrast")
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/behaviour")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
+    p.add_argument("--data_dir", default=None,
+                   help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--dataset", default="shapes_textures/biased32")
     p.add_argument("--methods", default="supervised,simclr")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
@@ -141,7 +142,8 @@ def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> lis
             acc = r["robustness"][family]["accuracy"]
             lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-              "", "Curves: `robustness_<family>.png`; attention overlays: `<network>/attention.png`."]
+              "", "Curves: `robustness_<family>.png`; attention overlays: "
+              "`<network>/attention.png`."]
     with open(os.path.join(outdir, "behaviour.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     for family in FAMILIES:
