@@ -8,7 +8,9 @@
 Evaluators (one config file each, see its docstring): linear (kNN, 004 linear probe, ECE,
 few-shot), per_layer (linear probe per named layer), confusion (hierarchically ordered
 confusion matrix, within-group top-5 errors, class differences vs a reference), retrieval
-(cosine nearest-neighbour grid), similarity (layer-by-layer CKA between two checkpoints).
+(cosine nearest-neighbour grid), similarity (layer-by-layer CKA between two checkpoints),
+attention (Grad-CAM, Guided Grad-CAM, saliency through a linear head, feature-space occlusion;
+localisation against the built-in dataset's masks).
 Every run writes OUTDIR/metrics.json, its PNG figures and OUTDIR/report.md. Features are
 extracted once per (checkpoint, dataset, split, layer, pooling, resolution) and cached in
 OUTDIR/feature_cache (or --config.cache_dir), so a second run on them skips the forward passes.
@@ -35,7 +37,7 @@ flags.DEFINE_string("outdir", None, "Where metrics.json, figures and report.md a
 flags.mark_flags_as_required(["config", "outdir"])
 FLAGS = flags.FLAGS
 
-EVALUATORS = ("linear", "per_layer", "confusion", "retrieval", "similarity")
+EVALUATORS = ("linear", "per_layer", "confusion", "retrieval", "similarity", "attention")
 # Default per-layer probe points: stage outputs, by the last component of the sown name.
 DEFAULT_LAYER = re.compile(r"(stem|layer\d+|conv\d+|pool)")
 # One example per image (ssl_jax.similarity.activations modes; "positions" makes one per pixel).
@@ -66,7 +68,7 @@ def load_source(path: str, image_size: int, mesh) -> dict:
             return module.apply(variables, images, train=False)
 
         return {"features_fn": features_fn, "variables": (variables,),
-                "apply_fn": module.apply, "apply_variables": variables,
+                "apply_fn": module.apply, "apply_variables": variables, "features_index": None,
                 "identity": f"converted, mtime {os.path.getmtime(meta_path)}", "dataset": None,
                 "data_dir": None, "train_split": None, "eval_split": None,
                 "image_size": image_size or 224, "crop_fraction": 0.875, "batch_size": 256,
@@ -76,6 +78,7 @@ def load_source(path: str, image_size: int, mesh) -> dict:
     return {"features_fn": method.features, "variables": (state.params, state.model_state),
             "apply_fn": method.net.apply,
             "apply_variables": {"params": state.params, **state.model_state},
+            "features_index": 0,  # every method's net returns (backbone features, ...)
             "identity": f"step {int(state.step)}", "dataset": ds.name,
             "data_dir": ds.data_dir, "train_split": ds.train_split,
             "eval_split": ds.eval_split, "image_size": image_size or ds.image_size,
@@ -443,8 +446,39 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
     return record, lines
 
 
+def eval_attention(config, ctx: dict) -> tuple[dict, list[str]]:
+    import numpy as np
+
+    from ssl_jax.data import pipeline
+    from ssl_jax.evaluation import attention, attention_report
+
+    source, data = ctx["source"], ctx["data"]
+    train_split, eval_split = data["splits"]
+    # Class scores for every checkpoint come from a linear head fitted on frozen train
+    # features (self-supervised ones have no classifier; supervised ones are scored the same
+    # way so that methods compare like for like).
+    feats, labels = final_features(ctx, config.checkpoint, source, train_split)
+    w, b = attention_report.fit_linear_head(feats, labels, data["num_classes"])
+    builder = data["builder"]
+    extra = ("mask",) if "mask" in builder.info.features else ()
+    # No centre crop here: the dataset's foreground masks must stay aligned with the images.
+    it = pipeline.eval_iterator(builder, eval_split, source["batch_size"],
+                                source["image_size"], crop_fraction=1.0, extra_keys=extra)
+    num_batches = -(-config.num_examples // source["batch_size"])
+    images = ({**bt, "image": bt["image"] / np.float32(255)}
+              for _, bt in zip(range(num_batches), it))
+    record = attention_report.evaluate_attention(
+        source["apply_fn"], source["apply_variables"], images, ctx["outdir"],
+        head=attention.linear_head(w, b, source["features_index"]),
+        layer=config.layer or None,
+        output_index=source["features_index"],
+        title=os.path.basename(os.path.normpath(config.checkpoint)))
+    return record, attention_report.markdown_section(record).splitlines()
+
+
 EVALUATE = {"linear": eval_linear, "per_layer": eval_per_layer, "confusion": eval_confusion,
-            "retrieval": eval_retrieval, "similarity": eval_similarity}
+            "retrieval": eval_retrieval, "similarity": eval_similarity,
+            "attention": eval_attention}
 
 
 def run(config, outdir: str) -> dict:

@@ -22,13 +22,14 @@ Named activations (``sow``): ``conv1`` ... ``conv5`` (post-ReLU, before any max-
 13x13 at 224 px), ``pool5`` (after the last max-pool and the adaptive pool, [N, 6, 6, C]),
 ``fc6``, ``fc7`` (post-ReLU, [N, fc_dim]).
 """
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.pooling import adaptive_avg_pool
 from ssl_jax.models.resnet import scaled_width
+from ssl_jax.models.taps import tap
 
 # (out channels, kernel, stride, padding, max-pool after)
 _CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
@@ -48,6 +49,7 @@ class AlexNet(nn.Module):
       dropout_rate: torchvision's dropout before fc6/fc7 (unused by the BN variant); in training
         it needs ``rngs={"dropout": key}``.
       dtype: computation dtype; params stay float32, the output is float32.
+      activation: the nonlinearity (``nn.relu``; swapped for guided backpropagation).
     """
     batch_norm: bool = False
     num_classes: int | None = None
@@ -55,6 +57,7 @@ class AlexNet(nn.Module):
     fc_dim: int = 4096
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -84,27 +87,28 @@ class AlexNet(nn.Module):
             if self.batch_norm:
                 x = self._bn(train, f"features_{idx}")(x)
                 idx += 1
-            x = nn.relu(x)
+            x = self.activation(x)
             idx += 1
-            self.sow("intermediates", f"conv{i + 1}", x)
+            x = tap(self, f"conv{i + 1}", x)
             if pool:
                 x = nn.max_pool(x, (3, 3), (2, 2))
                 idx += 1
         x = adaptive_avg_pool(x, (6, 6))
-        self.sow("intermediates", "pool5", x)
+        x = tap(self, "pool5", x)
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's C,H,W flatten
 
         if self.batch_norm:
             for i, name in ((0, "fc6"), (3, "fc7")):
                 x = nn.Dense(self.fc_dim, use_bias=False, dtype=self.dtype,
                              name=f"classifier_{i}")(x)
-                x = nn.relu(self._bn(train, f"classifier_{i + 1}")(x))
-                self.sow("intermediates", name, x)
+                x = self.activation(self._bn(train, f"classifier_{i + 1}")(x))
+                x = tap(self, name, x)
         else:
             for i, name in ((1, "fc6"), (4, "fc7")):
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-                x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"classifier_{i}")(x))
-                self.sow("intermediates", name, x)
+                x = nn.Dense(self.fc_dim, dtype=self.dtype, name=f"classifier_{i}")(x)
+                x = self.activation(x)
+                x = tap(self, name, x)
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
         return x.astype(jnp.float32)

@@ -11,10 +11,12 @@ module names: ``stem`` (after the max-pool; after the ReLU with ``cifar_stem``),
 stage's last block) and ``pool`` (global average pool, [N, C]). Each is stored as a 1-tuple, as
 ``sow`` does.
 """
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from ssl_jax.models.taps import tap
 
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -55,6 +57,7 @@ class _BlockBase(nn.Module):
     padding: str = "torch"
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
     def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
         return nn.Conv(features, (kernel, kernel), (strides, strides),
@@ -82,10 +85,10 @@ class BasicBlock(_BlockBase):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         y = self._conv(self.planes, 3, self.strides, "conv1")(x)
-        y = nn.relu(self._bn(train, "bn1")(y))
+        y = self.activation(self._bn(train, "bn1")(y))
         y = self._conv(self.planes, 3, 1, "conv2")(y)
         y = self._bn(train, "bn2", zero=self.zero_init_residual)(y)
-        return nn.relu(y + self._shortcut(x, self.planes, train))
+        return self.activation(y + self._shortcut(x, self.planes, train))
 
 
 class Bottleneck(_BlockBase):
@@ -102,12 +105,12 @@ class Bottleneck(_BlockBase):
         out = self.planes * self.expansion
         inner = int(self.planes * (self.width_per_group / 64))  # torchvision's rounding
         y = self._conv(inner, 1, 1, "conv1")(x)
-        y = nn.relu(self._bn(train, "bn1")(y))
+        y = self.activation(self._bn(train, "bn1")(y))
         y = self._conv(inner, 3, self.strides, "conv2")(y)
-        y = nn.relu(self._bn(train, "bn2")(y))
+        y = self.activation(self._bn(train, "bn2")(y))
         y = self._conv(out, 1, 1, "conv3")(y)
         y = self._bn(train, "bn3", zero=self.zero_init_residual)(y)
-        return nn.relu(y + self._shortcut(x, out, train))
+        return self.activation(y + self._shortcut(x, out, train))
 
 
 class ResNet(nn.Module):
@@ -128,6 +131,7 @@ class ResNet(nn.Module):
         code: its conv2d_fixed_padding equals torch's pads, but the stem max-pool is SAME).
       zero_init_residual: init each block's last BN scale to 0 (torchvision option).
       dtype: computation dtype; params and BN statistics stay float32, the output is float32.
+      activation: the nonlinearity (``nn.relu``; swapped for guided backpropagation).
     """
     stage_sizes: Sequence[int]
     bottleneck: bool = False
@@ -138,6 +142,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     width_per_group: int = 64
     dtype: Any = jnp.float32
+    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
     @property
     def num_features(self) -> int:
@@ -172,10 +177,10 @@ class ResNet(nn.Module):
                         kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
-        x = nn.relu(x)
+        x = self.activation(x)
         if not self.cifar_stem:
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3, pool_padding))
-        self.sow("intermediates", "stem", x)
+        x = tap(self, "stem", x)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock
         extra = {"width_per_group": self.width_per_group} if self.bottleneck else {}
@@ -189,14 +194,15 @@ class ResNet(nn.Module):
                     planes=planes, strides=strides,
                     downsample=(strides != 1 or in_features != out_features),
                     padding=conv_padding, zero_init_residual=self.zero_init_residual,
-                    dtype=self.dtype, name=f"layer{stage + 1}_{b}", **extra)
+                    dtype=self.dtype, activation=self.activation,
+                    name=f"layer{stage + 1}_{b}", **extra)
                 x = block(x, train)
                 in_features = out_features
-                self.sow("intermediates", f"layer{stage + 1}.{b}", x)
-            self.sow("intermediates", f"layer{stage + 1}", x)
+                x = tap(self, f"layer{stage + 1}.{b}", x)
+            x = tap(self, f"layer{stage + 1}", x)
 
         x = jnp.mean(x, axis=(1, 2))
-        self.sow("intermediates", "pool", x)
+        x = tap(self, "pool", x)
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)

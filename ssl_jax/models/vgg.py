@@ -12,13 +12,14 @@ Named activations (``sow``), in forward order: ``conv1_1``, ``conv1_2``, ``conv1
 block K's last conv, before its max-pool, so AlexNet and VGG share the names ``conv1..conv5``),
 ``pool5`` ([N, 7, 7, C] after the adaptive pool), ``fc6``, ``fc7`` (post-ReLU).
 """
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.pooling import adaptive_avg_pool
 from ssl_jax.models.resnet import scaled_width
+from ssl_jax.models.taps import tap
 
 # torchvision's VGG init: kaiming-normal fan_out convs, N(0, 0.01) linears, zero biases.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -42,6 +43,7 @@ class VGG(nn.Module):
       fc_dim: width of fc6/fc7 (4096 in torchvision).
       dropout_rate: dropout after fc6/fc7; in training it needs ``rngs={"dropout": key}``.
       dtype: computation dtype; params stay float32, the output is float32.
+      activation: the nonlinearity (``nn.relu``; swapped for guided backpropagation).
     """
     batch_norm: bool = False
     num_classes: int | None = None
@@ -49,6 +51,7 @@ class VGG(nn.Module):
     fc_dim: int = 4096
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -76,20 +79,20 @@ class VGG(nn.Module):
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                      epsilon=1e-5, dtype=self.dtype, name=f"features_{idx}")(x)
                     idx += 1
-                x = nn.relu(x)
+                x = self.activation(x)
                 idx += 1
-                self.sow("intermediates", f"conv{k + 1}_{j + 1}", x)
-            self.sow("intermediates", f"conv{k + 1}", x)
+                x = tap(self, f"conv{k + 1}_{j + 1}", x)
+            x = tap(self, f"conv{k + 1}", x)
             x = nn.max_pool(x, (2, 2), (2, 2))
             idx += 1
         x = adaptive_avg_pool(x, (7, 7))
-        self.sow("intermediates", "pool5", x)
+        x = tap(self, "pool5", x)
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's C,H,W flatten
 
         for i, name in ((0, "fc6"), (3, "fc7")):
-            x = nn.relu(nn.Dense(self.fc_dim, kernel_init=_dense_init, dtype=self.dtype,
+            x = self.activation(nn.Dense(self.fc_dim, kernel_init=_dense_init, dtype=self.dtype,
                                   name=f"classifier_{i}")(x))
-            self.sow("intermediates", name, x)
+            x = tap(self, name, x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, kernel_init=_dense_init, dtype=self.dtype,
