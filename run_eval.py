@@ -68,7 +68,8 @@ def load_source(path: str, image_size: int, mesh) -> dict:
             return module.apply(variables, images, train=False)
 
         return {"features_fn": features_fn, "variables": (variables,),
-                "apply_fn": module.apply, "apply_variables": variables, "features_index": None,
+                "apply_fn": module.apply, "module": module, "apply_variables": variables,
+                "features_index": None,
                 "identity": f"converted, mtime {os.path.getmtime(meta_path)}", "dataset": None,
                 "data_dir": None, "train_split": None, "eval_split": None,
                 "image_size": image_size or 224, "crop_fraction": 0.875, "batch_size": 256,
@@ -76,7 +77,7 @@ def load_source(path: str, image_size: int, mesh) -> dict:
     config, method, state = train.load_trained(path, mesh)
     ds = config.dataset
     return {"features_fn": method.features, "variables": (state.params, state.model_state),
-            "apply_fn": method.net.apply,
+            "apply_fn": method.net.apply, "module": method.net,
             "apply_variables": {"params": state.params, **state.model_state},
             "features_index": 0,  # every method's net returns (backbone features, ...)
             "identity": f"step {int(state.step)}", "dataset": ds.name,
@@ -467,8 +468,9 @@ def eval_attention(config, ctx: dict) -> tuple[dict, list[str]]:
     num_batches = -(-config.num_examples // source["batch_size"])
     images = ({**bt, "image": bt["image"] / np.float32(255)}
               for _, bt in zip(range(num_batches), it))
+    # The module itself (not its apply): guided backprop clones it with a guided ReLU.
     record = attention_report.evaluate_attention(
-        source["apply_fn"], source["apply_variables"], images, ctx["outdir"],
+        source["module"], source["apply_variables"], images, ctx["outdir"],
         head=attention.linear_head(w, b, source["features_index"]),
         layer=config.layer or None,
         output_index=source["features_index"],

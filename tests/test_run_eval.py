@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import run_eval
-from configs.eval import confusion, linear, per_layer, retrieval
+from configs.eval import attention, confusion, linear, per_layer, retrieval
 from ssl_jax import sharding
 
 
@@ -60,7 +60,14 @@ def test_run_eval_all_evaluators_and_feature_cache(smoke_checkpoint, tmp_path):
     assert [r["query"] for r in rows] == [0, 5] and all(len(r["neighbours"]) == 3 for r in rows)
     assert all(np.all(np.diff(r["similarities"]) <= 1e-6) for r in rows)
     assert (tmp_path / "retrieval" / "retrieval.png").stat().st_size > 1000
-    for d in ("linear", "layers", "confusion", "retrieval"):
+    att = run_eval.run(_config(attention, smoke_checkpoint, cache, "num_examples=8"),
+                       str(tmp_path / "attention"))["metrics"]
+    assert att["layer"].endswith("layer4")  # the last conv layer the ResNet taps
+    assert att["num_examples"] >= 8
+    for name in ("grad_cam", "guided_grad_cam", "saliency", "occlusion"):
+        assert 0.0 <= att["metrics"][f"localisation_iou/{name}"] <= 1.0
+    assert (tmp_path / "attention" / "attention.png").stat().st_size > 1000
+    for d in ("linear", "layers", "confusion", "retrieval", "attention"):
         assert (tmp_path / d / "report.md").read_text().startswith("# ")
         assert json.loads((tmp_path / d / "metrics.json").read_text())["evaluator"]
 
