@@ -248,9 +248,11 @@ def eval_linear(config, ctx: dict) -> tuple[dict, list[str]]:
     metrics = evaluate_features(trx, try_, tex, tey, ctx["data"]["num_classes"],
                                 knn_k=config.knn_k, knn_temperature=config.knn_temperature,
                                 probe_grid=config.probe_grid,
-                                few_shot_episodes=config.few_shot_episodes)
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |"
-                                                   for k, v in metrics.items()]
+                                few_shot_episodes=config.few_shot_episodes,
+                                reliability_path=os.path.join(ctx["outdir"], "reliability.png"))
+    lines = ["Reliability diagram of the linear probe (test split, 15 bins): "
+             "`reliability.png`.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
     return metrics, lines
 
 

@@ -30,6 +30,7 @@ def test_run_eval_all_evaluators_and_feature_cache(smoke_checkpoint, tmp_path):
     m = lin["metrics"]
     assert 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_top1"] <= 100
     assert len(os.listdir(cache)) == 2  # train + test features
+    assert (tmp_path / "linear" / "reliability.png").stat().st_size > 1000
 
     again = run_eval.run(_config(linear, smoke_checkpoint, cache, "probe_grid=3",
                                  few_shot_episodes=0), str(tmp_path / "linear2"))
