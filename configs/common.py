@@ -28,6 +28,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Apply one 'dotted.key=value' (the experiments' --override), cast to the current type."""
+    key, value = item.split("=", 1)
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = node[name]
+    if leaf not in node:
+        raise ValueError(f"unknown config key {key!r}")
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+
+
 def base_config(variant: str) -> ml_collections.ConfigDict:
     """Fields every method shares, sized for `variant`."""
     c = ml_collections.ConfigDict()

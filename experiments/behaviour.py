@@ -51,17 +51,6 @@ def parse_args():
     return p.parse_args()
 
 
-def apply_override(config, item: str):
-    key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for name in parents:
-        node = node[name]
-    if leaf not in node:
-        raise ValueError(f"unknown config key {key!r}")
-    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-
-
 def load_split(builder, split: str, limit: int) -> dict[str, np.ndarray]:
     """{"image" float [N, R, R, 3] in [0, 1], "label", "texture_class", "mask" [N, R, R]}."""
     import tensorflow_datasets as tfds
@@ -158,6 +147,7 @@ def main():
     tf.config.set_visible_devices([], "GPU")
     import importlib
 
+    from configs.common import apply_override
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
 

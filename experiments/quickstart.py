@@ -33,22 +33,12 @@ def parse_args():
     return p.parse_args()
 
 
-def apply_override(config, item: str):
-    key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for name in parents:
-        node = node[name]
-    if leaf not in node:
-        raise ValueError(f"unknown config key {key!r}")
-    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-
-
 def main():
     args = parse_args()
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from configs import simclr as simclr_cfg, supervised as supervised_cfg
+    from configs.common import apply_override
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
     from ssl_jax.evaluation.frozen import evaluate_features
