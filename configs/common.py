@@ -37,7 +37,18 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
         node = node[name]
     if leaf not in node:
         raise ValueError(f"unknown config key {key!r}")
-    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+    node[leaf] = _cast_like(node[leaf], value, key)
+
+
+def _cast_like(current, value: str, key: str):
+    """`value` parsed as the type of `current`; bool needs its own parse (bool('False') is True)."""
+    if current is None:
+        return value
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"config key {key!r} is a bool; got {value!r}, valid: true, false")
+        return value.lower() in ("true", "1")
+    return type(current)(value)
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
