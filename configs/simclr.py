@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # crops often miss the shape, leaving two views that share only background.
         c.augment.update(preset="simclr_cifar", overrides={"min_crop_scale": 0.5})
         c.batch_size = 256
-        c.num_epochs = 8
+        c.num_epochs = 16
         c.optimizer.update(name="lars", base_lr=1.0, weight_decay=1e-6, warmup_fraction=0.05)
     elif a.variant == "cifar10":
         c.augment.update(preset="simclr_cifar")

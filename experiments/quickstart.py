@@ -1,9 +1,11 @@
 """Main job: python experiments/quickstart.py --outdir runs/quickstart
 
-Trains SimCLR and a supervised baseline on the built-in dataset (`shapes_textures/small32`,
-generated locally on first use), then evaluates frozen features of both and of a random-init
-network of the same architecture (kNN, linear probe, few-shot, ECE), and writes
-OUTDIR/report.md, OUTDIR/report.json and OUTDIR/report.png. Re-running resumes unfinished
+Trains SimCLR, BYOL, MoCo v2 and a supervised baseline on the built-in dataset
+(`shapes_textures/small32`, generated locally on first use), each at its config's `quickstart`
+budget, then evaluates frozen features of each and of a random-init network of the same
+architecture (kNN, linear probe, few-shot, ECE), and writes OUTDIR/report.md, OUTDIR/report.json
+and OUTDIR/report.png. `--runs` picks the runs (any `configs/NAME.py` with its config args, e.g.
+`--runs simclr,simclr:version=2,moco:version=1,insdis,supervised`). Re-running resumes unfinished
 training from its checkpoints; finished runs are evaluated again, not retrained.
 """
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 import jax  # noqa: E402
@@ -26,6 +29,10 @@ def parse_args():
     p.add_argument("--outdir", default="runs/quickstart")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
+    p.add_argument("--runs", default="simclr,byol,moco,supervised",
+                   help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), e.g. "
+                        "moco:version=1; the first self-supervised run's architecture is the "
+                        "random-init baseline's")
     p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
     p.add_argument("--few_shot_episodes", type=int, default=600)
     p.add_argument("--override", action="append", default=[],
@@ -37,7 +44,6 @@ def main():
     args = parse_args()
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    from configs import simclr as simclr_cfg, supervised as supervised_cfg
     from configs.common import apply_override
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
@@ -45,8 +51,7 @@ def main():
     from ssl_jax.methods import get_method
 
     os.makedirs(args.outdir, exist_ok=True)
-    configs = {"simclr": simclr_cfg.get_config(args.variant),
-               "supervised": supervised_cfg.get_config(args.variant)}
+    configs = dict(run_config(spec, args.variant) for spec in args.runs.split(","))
     for c in configs.values():
         c.dataset.data_dir = args.data_dir
         for item in args.override:
@@ -63,7 +68,7 @@ def main():
 
     # --- Evaluate frozen features ---
     mesh = sharding.make_mesh()
-    base = configs["simclr"]
+    base = next(iter(configs.values()))
     builder = pipeline.load_builder(base.dataset.name, args.data_dir)
     kw = dict(global_batch_size=base.eval.batch_size, image_size=base.dataset.image_size,
               crop_fraction=base.dataset.eval_crop_fraction)
@@ -76,7 +81,7 @@ def main():
         return tr, te
 
     models = {}
-    random_method = get_method("simclr", base)
+    random_method = get_method(base.method, base)
     _, tx = train.build_optimizer(base, 1)
     init_fn, _ = train.abstract_train_state(random_method, tx, mesh, base.dataset.image_size)
     models["random-init"] = (random_method, init_fn(jax.random.key(base.seed + 1)))
@@ -99,12 +104,26 @@ def main():
     write_report(args.outdir, configs, results, timings)
 
 
+def run_config(spec: str, variant: str):
+    """'moco:version=1' -> ('moco-version=1', configs/moco.py's get_config('VARIANT,version=1'))."""
+    import importlib
+    name, _, args = spec.partition(":")
+    try:
+        module = importlib.import_module(f"configs.{name}")
+    except ModuleNotFoundError:
+        valid = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                       if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+        raise SystemExit(f"unknown run {name!r} in --runs; valid: {', '.join(valid)}") from None
+    config = module.get_config(",".join(filter(None, [variant] + args.split(";"))))
+    return (f"{name}-{args.replace(';', '-')}" if args else name), config
+
+
 def write_report(outdir, configs, results, timings):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base = configs["simclr"]
+    base = next(iter(configs.values()))
     summary = {"dataset": base.dataset.name, "model": f"{base.model.name} width {base.model.width}",
                "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                "results": results, "timings": timings,

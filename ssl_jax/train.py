@@ -140,6 +140,40 @@ def check_workdir(workdir: str) -> None:
                          "pass --workdir pointing to a writable directory") from None
 
 
+# Fields a resumed run may change without changing what it trains.
+RESUME_MAY_CHANGE = ("log_every", "checkpoint_every", "keep_checkpoints", "dataset.data_dir",
+                     "eval.")
+
+
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a workdir trained with another config: its checkpoints would not fit
+    the new model, or would silently continue a different schedule."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return
+    with open(path) as f:
+        saved = _flatten(json.load(f))
+    new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+    changed = [k for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)
+               and not any(k == f or (f.endswith(".") and k.startswith(f))
+                           for f in RESUME_MAY_CHANGE)]
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+        more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise ValueError(f"workdir {workdir!r} holds a run with another config ({diff}{more}); "
+                         "use a new --workdir, or the saved settings to resume")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def total_steps(config, num_train: int) -> int:
     if config.get("num_steps"):
         return int(config.num_steps)
@@ -226,6 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # caller's (possibly locked) config is left as it was.
     _, index_space = pipeline.split_offsets(builder, config.dataset.train_split)
     config = with_total_steps(config, steps, index_space)
+    check_same_run(workdir, config)
     method = get_method(config.method, config)
     if len(preset.views) != method.num_views:
         raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "

@@ -7,6 +7,7 @@ from configs.common import apply_override
 
 def test_override_parses_bools_ints_floats_and_strings():
     c = simclr.get_config("quickstart")
+    apply_override(c, "model.cifar_stem=true")
     assert c.model.cifar_stem is True
     apply_override(c, "model.cifar_stem=False")  # bool("False") would be True
     apply_override(c, "batch_size=64")
