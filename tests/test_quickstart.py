@@ -1,0 +1,33 @@
+"""The main job (README command (a)) end to end at the smoke budget: two runs picked with
+--runs, a report whose rows are the runs plus random init, accuracies in range."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_smoke_writes_a_report_per_run(tiny_data_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), "--outdir",
+         str(tmp_path), "--data_dir", tiny_data_dir, "--variant", "smoke",
+         "--runs", "simclr,moco:version=1", "--probe_grid", "2", "--few_shot_episodes", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.load(open(tmp_path / "report.json"))
+    assert list(report["results"]) == ["random-init", "simclr", "moco-version=1"]
+    for row in report["results"].values():
+        assert 0 <= row["linear_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
+    assert report["configs"]["moco-version=1"]["moco"]["version"] == 1
+    md = open(tmp_path / "report.md").read()
+    assert "| moco-version=1 |" in md and os.path.exists(tmp_path / "report.png")
+
+
+def test_quickstart_unknown_run_is_a_one_line_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), "--outdir",
+         str(tmp_path), "--runs", "simclr,nosuch"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("unknown run 'nosuch' in --runs; valid:")
