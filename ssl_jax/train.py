@@ -206,14 +206,24 @@ def build_optimizer(config, steps: int):
                                            oc.get("momentum", 0.9))
 
 
-def abstract_train_state(method, tx, mesh, image_size: int):
-    """(jitted init fn rng -> replicated TrainState, its abstract shapes with shardings)."""
+def abstract_train_state(method, tx, mesh, image_size: int,
+                         shard_state_bytes: int = sharding.SHARD_STATE_BYTES):
+    """(jitted init fn rng -> TrainState, its abstract shapes with shardings). Parameters and
+    optimizer state are replicated; model-state leaves of >= shard_state_bytes (memory banks,
+    queues) are row-sharded over the devices (`sharding.state_leaf_sharding`)."""
+    shapes = jax.eval_shape(lambda r: init_state(method, tx, r, (image_size, image_size, 3)),
+                            jax.random.key(0))
     repl = sharding.replicated(mesh)
+    shardings = shapes.replace(
+        step=repl, params=jax.tree.map(lambda _: repl, shapes.params),
+        opt_state=jax.tree.map(lambda _: repl, shapes.opt_state),
+        model_state=jax.tree.map(
+            lambda s: sharding.state_leaf_sharding(mesh, s, shard_state_bytes),
+            shapes.model_state))
     init_fn = jax.jit(lambda r: init_state(method, tx, r, (image_size, image_size, 3)),
-                      out_shardings=repl)
-    abstract = jax.eval_shape(init_fn, jax.random.key(0))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                            abstract)
+                      out_shardings=shardings)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, shardings)
     return init_fn, abstract
 
 

@@ -123,6 +123,39 @@ def test_step_on_8_devices_equals_1_device_and_writes_the_bank(loss):
     assert float(ms1["memory"]["z"]) > 0 and float(state.model_state["memory"]["z"]) == 0
 
 
+def test_a_large_bank_is_row_sharded_and_trains_like_a_replicated_one():
+    """With the sharding threshold at 0 the bank's rows are split over the 8 devices; a full
+    trainer step (optimizer included) gives the replicated bank's loss, parameters and bank."""
+    from jax.sharding import PartitionSpec as P
+    from ssl_jax import sharding
+    config = train.with_total_steps(insdis_config.get_config("smoke"), 6, num_train=64)
+    method = get_method("insdis", config)
+    preset = augment.get_preset(config.augment.preset)
+    tx = optim.build_optimizer("sgd", lambda s: 0.1, 1e-4)
+    mesh = sharding.make_mesh()
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(
+        {"image": rng.integers(0, 256, (16, 1, 32, 32, 3), dtype=np.uint8),
+         "label": rng.integers(0, 10, (16,), dtype=np.int32),
+         "index": rng.permutation(64)[:16].astype(np.int32)}, sharding.data_sharding(mesh))
+    step = jax.jit(train.make_train_step(method, tx, preset, lambda s: 0.1))
+    results = []
+    for threshold in (0, sharding.SHARD_STATE_BYTES):
+        init_fn, abstract = train.abstract_train_state(method, tx, mesh, 32, threshold)
+        state = init_fn(jax.random.key(0))
+        spec = state.model_state["memory"]["bank"].sharding.spec
+        assert abstract.model_state["memory"]["bank"].sharding.spec == spec
+        assert spec == (P("data") if threshold == 0 else P())
+        assert state.params["backbone"]["conv1"]["kernel"].sharding.spec == P()
+        results.append(jax.device_get(step(state, batch, jax.random.key(1))))
+    (sharded, m_s), (replicated, m_r) = results
+    assert abs(float(m_s["loss"]) - float(m_r["loss"])) <= 1e-6 * abs(float(m_r["loss"]))
+    np.testing.assert_allclose(sharded.model_state["memory"]["bank"],
+                               replicated.model_state["memory"]["bank"], atol=1e-6)
+    for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(replicated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_insdis_smoke_run_through_the_trainer(tiny_data_dir, tmp_path):
     config = insdis_config.get_config("smoke")
     config.dataset.data_dir = tiny_data_dir
