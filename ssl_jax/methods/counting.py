@@ -2,7 +2,7 @@
 image must sum to the features of the whole image at the tiles' scale, and differ from the
 whole-image features of another image (the contrastive term that rules out phi = 0).
 
-phi = backbone -> Dense(count_dim) -> BatchNorm -> ReLU (the paper's 1000 non-negative
+phi = backbone -> Dense(count_dim) -> BatchNorm (no affine) -> ReLU (the paper's 1000 non-negative
 "counts"; the BatchNorm is ours, see CountingNet).
 Per image (inside the jitted loss): tiles and the whole image are resized to `tile_size`
 (0: half the image side, i.e. tiles at native resolution and the whole image downsampled 2x;
@@ -29,10 +29,12 @@ class CountingNet(nn.Module):
         """x: [N, H, W, 3] -> (backbone features, counts [N, count_dim] >= 0)."""
         h = self.backbone(normalize(x), train=train)
         c = nn.Dense(self.count_dim, name="fc_count", dtype=jnp.float32)(h)
-        # BatchNorm before the ReLU: without it the counts start near 0, where the hinge term
-        # has almost no gradient, and our first quickstart run collapsed to phi = 0.
+        # BatchNorm without scale and bias before the ReLU: each count is standardised over
+        # the batch, so the ReLUs cannot all die. With a plain Dense -> ReLU (and with an
+        # affine BatchNorm) our quickstart runs collapsed to phi = 0 within 40 steps: near 0
+        # the hinge has almost no gradient and the first term pulls every count down.
         c = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         name="bn_count")(c)
+                         use_scale=False, use_bias=False, name="bn_count")(c)
         return h, nn.relu(c)
 
 
@@ -57,6 +59,11 @@ class Method:
         x = jnp.concatenate([tiles.reshape(4 * b, *tiles.shape[2:]), whole], axis=0)
         (_, counts), new_state = self.net.apply(
             {"params": params, **model_state}, x, train=True, mutable=["batch_stats"])
+        # Mean instead of sum over the count_dim squared differences: with BatchNorm'd counts
+        # the summed distances are O(count_dim), which would leave the paper's margin M = 10
+        # inactive and the loss free to make phi image-independent (our first runs fell to
+        # chance accuracy that way); per-dimension, M = 10 keeps the contrastive term on.
+        counts = counts / jnp.sqrt(counts.shape[-1])
         tile_counts = counts[:4 * b].reshape(b, 4, -1)
         whole_counts = counts[4 * b:]
         other_counts = jnp.roll(whole_counts, 1, axis=0)
