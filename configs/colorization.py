@@ -5,7 +5,7 @@ map (AlexNet conv5 / ResNet layer4; `feature_layer`) predicts per-pixel ab bins 
 `out_size` (0 = a quarter of the image side) over the in-gamut cells of a `grid` (10) ab grid,
 soft-encoded targets, class rebalancing (lambda 0.5) from the running bin counts; previews use
 the annealed mean (T = 0.38).
-Variants: smoke, quickstart (small32 at 64 px), cifar10, imagenet (224 px, 56 x 56 output).
+Variants: smoke, quickstart (upright64), cifar10, imagenet (224 px, 56 x 56 output).
 Args: `configs/colorization.py:VARIANT[,model=alexnet_bn|resnet18|resnet50,width=W,steps=N,epochs=E]`;
 any field with `--config.colorization.KEY=VALUE`.
 """
@@ -22,7 +22,7 @@ def get_config(arg=None):
     if a.variant == "smoke":
         c.colorization.hidden_dim = 16
     elif a.variant == "quickstart" and not a.steps:
-        c.num_steps = 200
+        c.num_steps = 150
     elif a.variant == "imagenet":
         c.colorization.hidden_dim = 256
     return c

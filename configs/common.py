@@ -123,8 +123,10 @@ def pretext_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDic
     jigsaw.py, counting.py, colorization.py): `VARIANT[,model=M,width=W,steps=N,epochs=E]`.
 
     Images are 64 px on the built-in dataset: AlexNet needs >= 63 px and 3 x 3 jigsaw tiles of
-    a 32 px image would be ~9 px, so smoke/quickstart read the 32 px datasets (tiny, small32)
-    upsampled to 64 px by the host pipeline's crop-and-resize. One crop + flip view
+    a 32 px image would be ~9 px. quickstart reads `shapes_textures/upright64` (native 64 px;
+    nothing rotated: the other variants draw every shape, texture and photo at a uniformly
+    random angle, so an image's rotation cannot be predicted from it at all); smoke reads
+    `tiny` upsampled to 64 px by the host pipeline's crop-and-resize. One crop + flip view
     (the `supervised` preset); the pretext transform happens inside the method's loss.
     """
     a = parse_arg(arg, variant="quickstart", model="alexnet_bn", width=0.0, steps=0, epochs=0.0)
@@ -146,10 +148,14 @@ def pretext_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDic
         if alexnet:
             c.model.fc_dim = 64 if a.variant == "smoke" else 512
     if a.variant == "quickstart":
+        c.dataset.name = "shapes_textures/upright64"
         c.augment.overrides = {"min_crop_scale": 0.5}
-        c.batch_size = 128
-        c.num_epochs = 2
-        c.checkpoint_every = 50
+        c.batch_size = 64
+        c.num_epochs = 1
+        # Every 20 steps, all kept: experiments/pretext_progress.py probes checkpoints along
+        # the pretext-accuracy curve.
+        c.checkpoint_every = 20
+        c.keep_checkpoints = 100
     elif a.variant == "cifar10":
         c.dataset.image_size = 64 if alexnet else 32
         c.model.cifar_stem = not alexnet

@@ -5,7 +5,7 @@ tiles), plus max(0, M - |phi(other image) - sum|^2) against the trivial phi = 0;
 backbone + Dense(count_dim) + ReLU. `tile_size`: the side tiles and whole image are resized to
 (AlexNet: 64, tiles upsampled; ResNets: 0 = half the image, the whole image downsampled 2x).
 Logged pretext_accuracy: own whole image closer to the tile sum than the other's (chance 50%).
-Variants: smoke, quickstart (small32 at 64 px), cifar10, imagenet (1000 counts, M = 10).
+Variants: smoke, quickstart (upright64), cifar10, imagenet (1000 counts, M = 10).
 Args: `configs/counting.py:VARIANT[,model=alexnet_bn|resnet18|resnet50,width=W,steps=N,epochs=E]`;
 any field with `--config.counting.KEY=VALUE`.
 """
@@ -22,7 +22,7 @@ def get_config(arg=None):
     if a.variant == "smoke":
         c.counting.count_dim = 32
     elif a.variant == "quickstart" and not a.steps:
-        c.num_steps = 300
+        c.num_steps = 100
     elif a.variant == "imagenet":
         c.counting.tile_size = 112
     return c

@@ -7,7 +7,8 @@ AlexNet-BN at the quickstart budget (`configs/<task>.py:quickstart`), checkpoint
 probes (004 protocol, `--probe_grid` C values, global-average-pooled conv1..conv5 or ResNet
 stages) on each of them and on the random initialisation; report the best layer's linear
 accuracy against pretext accuracy and their Pearson correlation.
-Writes OUTDIR/report.md, OUTDIR/report.json, OUTDIR/pretext_progress.png, and with
+Writes OUTDIR/progress_report.md, OUTDIR/progress_report.json, OUTDIR/pretext_progress.png
+(OUTDIR may be experiments/pretext_tasks.py's: the training run is then shared), and with
 `--docs docs/PRETEXT.md` replaces that file's `pretext_progress` section (and copies the PNG to
 docs/images/). Re-running reuses finished training (it resumes an unfinished one).
 
@@ -43,7 +44,7 @@ def parse_args():
     p.add_argument("--model", default="alexnet_bn", help="alexnet_bn | resnet18 | resnet50")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
-    p.add_argument("--checkpoint_every", type=int, default=10)
+    p.add_argument("--checkpoint_every", type=int, default=20)
     p.add_argument("--smooth", type=int, default=5, help="logged steps averaged per checkpoint")
     p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
     p.add_argument("--docs", default="", help="Markdown file whose section to replace")
@@ -237,10 +238,11 @@ def main():
                "probe_seconds": probe_seconds, "chance": chance,
                "checkpoints": dict(zip(map(int, ckpt_steps), accs)), "picked": picked,
                "rows": rows, "pearson_r": r_value, "config": config.to_dict()}
-    with open(os.path.join(args.outdir, "report.json"), "w") as f:
+    # progress_* names: the outdir may be experiments/pretext_tasks.py's too (shared runs).
+    with open(os.path.join(args.outdir, "progress_report.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     text = report(summary, config, args)
-    with open(os.path.join(args.outdir, "report.md"), "w") as f:
+    with open(os.path.join(args.outdir, "progress_report.md"), "w") as f:
         f.write(text)
     png = os.path.join(args.outdir, "pretext_progress.png")
     plot(summary, png)

@@ -305,3 +305,31 @@ def test_colorization_smoke_run_tags_checkpoints_and_per_layer_eval_sees_conv1_5
     assert out.shape == img.shape and out.min() >= 0 and out.max() <= 1
     dl = np.abs(skimage.color.rgb2lab(out)[..., 0] - skimage.color.rgb2lab(img)[..., 0])
     assert np.median(dl) < 2.0
+
+
+# ------------------------------------------------------- the upright built-in dataset variant
+
+def test_upright_variant_changes_only_orientations():
+    """rotate=False (shapes_textures/upright64) draws every factor as rotate=True does, but
+    shapes are upright: circles are unchanged, every triangle has its vertex on top."""
+    import dataclasses
+
+    from ssl_jax.data import builtin, builtin_textures
+
+    base = dataclasses.replace(builtin.ShapesTextures.builder_configs["upright64"],
+                               resolution=32, num_train=512)
+    up = builtin_textures.generate_chunk(base, "train", 0)
+    rot = builtin_textures.generate_chunk(dataclasses.replace(base, rotate=True), "train", 0)
+    for key in ("label", "texture_label", "background"):
+        np.testing.assert_array_equal(up[key], rot[key])
+    circle = up["label"] == builtin.SHAPE_NAMES.index("circle")
+    np.testing.assert_array_equal(up["mask"][circle], rot["mask"][circle])
+
+    def vertex_on_top(mask):
+        rows = np.flatnonzero(mask.any(1))
+        return mask[rows[0]].sum() < mask[rows[-1]].sum()
+
+    tri = np.flatnonzero(up["label"] == builtin.SHAPE_NAMES.index("triangle"))
+    assert len(tri) > 20
+    assert all(vertex_on_top(up["mask"][i, ..., 0]) for i in tri)
+    assert np.mean([vertex_on_top(rot["mask"][i, ..., 0]) for i in tri]) < 0.8
