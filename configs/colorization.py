@@ -22,7 +22,7 @@ def get_config(arg=None):
     if a.variant == "smoke":
         c.colorization.hidden_dim = 16
     elif a.variant == "quickstart" and not a.steps:
-        c.num_steps = 150
+        c.num_steps = 200
     elif a.variant == "imagenet":
         c.colorization.hidden_dim = 256
     return c

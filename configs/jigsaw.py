@@ -6,7 +6,7 @@ normalisation, a shared tile encoder, a `num_permutations`-way (100) classifier 
 max-min-Hamming permutation set (chance 1%).
 Tiles are resized to `tile_size` for the encoder: 64 px for AlexNet (it needs >= 63), 32 px for
 ResNets on the built-in dataset (0 = the native tile size).
-Variants: smoke, quickstart (upright64, 30 permutations, 150 steps), cifar10, imagenet (225-like 224 px images,
+Variants: smoke, quickstart (upright64, 30 permutations), cifar10, imagenet (225-like 224 px images,
 64 px tiles, 4096-d fc7 as in the paper).
 Args: `configs/jigsaw.py:VARIANT[,model=alexnet_bn|resnet18|resnet50,width=W,steps=N,epochs=E]`;
 any field with `--config.jigsaw.KEY=VALUE`.
@@ -26,9 +26,9 @@ def get_config(arg=None):
         c.jigsaw.update(num_permutations=10, hidden_dim=32)
     elif a.variant == "quickstart":
         # 30 permutations (chance 3.3%): 100-way puzzles barely leave chance in the
-        # ~25k puzzles a CPU quickstart sees.
+        # ~13k puzzles a CPU quickstart sees.
         c.jigsaw.num_permutations = 30
-        c.num_steps = a.steps or 150
+        c.num_steps = a.steps or 200
     elif a.variant == "imagenet":
         c.jigsaw.update(tile_size=64, hidden_dim=4096, channel_jitter=2)
     return c

@@ -13,5 +13,5 @@ from configs.common import pretext_config
 def get_config(arg=None):
     c, a = pretext_config("rotation", arg)
     if a.variant == "quickstart" and not a.steps:
-        c.num_steps = 200
+        c.num_steps = 400
     return c
