@@ -6,8 +6,8 @@ map (AlexNet conv5 / ResNet layer4; `feature_layer`) predicts per-pixel ab bins 
 soft-encoded targets, class rebalancing (lambda 0.5) from the running bin counts; previews use
 the annealed mean (T = 0.38).
 Variants: smoke, quickstart (upright64), cifar10, imagenet (224 px, 56 x 56 output).
-Args: `configs/colorization.py:VARIANT[,model=alexnet_bn|resnet18|resnet50,width=W,steps=N,epochs=E]`;
-any field with `--config.colorization.KEY=VALUE`.
+Args: `configs/colorization.py:VARIANT[,model=alexnet_bn|resnet18|resnet50,width=W,steps=N,
+epochs=E]`; any field with `--config.colorization.KEY=VALUE`.
 """
 import ml_collections
 

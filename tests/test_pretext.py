@@ -265,6 +265,7 @@ def test_pretext_config_errors():
 
 # ------------------------------------------------------------- trainer and per-layer probes
 
+@pytest.mark.slow  # ~30 s on the loaded 2-core machine: a trainer run plus run_eval's loader
 def test_colorization_smoke_run_tags_checkpoints_and_per_layer_eval_sees_conv1_5(
         tiny_data_dir, tmp_path):
     import run_eval
