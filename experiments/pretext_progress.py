@@ -262,8 +262,10 @@ def report(summary: dict, config, args) -> str:
         f"{config.num_steps} steps at batch {config.batch_size} "
         f"(`configs/{summary['task']}.py:{args.variant},model={args.model}`), checkpoint every "
         f"{args.checkpoint_every} steps; chance {100 * summary['chance']:.1f}%. Machine: "
-        f"{summary['machine']}; training {summary['train_seconds'] / 60:.1f} min, probes "
-        f"{summary['probe_seconds'] / 60:.1f} min (shared, loaded CPU).",
+        f"{summary['machine']}; training " + (
+            f"{summary['train_seconds'] / 60:.1f} min" if summary["train_seconds"] else
+            "reused (finished run found in the outdir)") + ", probes "
+        + f"{summary['probe_seconds'] / 60:.1f} min (shared, loaded CPU).",
         "",
         "Command: `python experiments/pretext_progress.py --task " + summary["task"] +
         f" --model {args.model} --outdir {args.outdir}" +
