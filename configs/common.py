@@ -127,3 +127,64 @@ def eval_config(evaluator: str, arg: str | None, **extra) -> ml_collections.Conf
     c.progress = True
     c.update({k: a[k] for k in extra})
     return c
+
+
+PRETEXT_MODELS = ("alexnet_bn", "resnet18", "resnet50")
+
+
+def pretext_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDict,
+                                                        ml_collections.ConfigDict]:
+    """(config, parsed args) shared by the four pretext tasks (configs/rotation.py,
+    jigsaw.py, counting.py, colorization.py): `VARIANT[,model=M,width=W,steps=N,epochs=E]`.
+
+    Images are 64 px on the built-in dataset: AlexNet needs >= 63 px and 3 x 3 jigsaw tiles of
+    a 32 px image would be ~9 px. quickstart reads `shapes_textures/upright64` (native 64 px;
+    nothing rotated: the other variants draw every shape, texture and photo at a uniformly
+    random angle, so an image's rotation cannot be predicted from it at all); smoke reads
+    `tiny` upsampled to 64 px by the host pipeline's crop-and-resize. One crop + flip view
+    (the `supervised` preset); the pretext transform happens inside the method's loss.
+    """
+    a = parse_arg(arg, variant="quickstart", model="alexnet_bn", width=0.0, steps=0, epochs=0.0)
+    if a.model not in PRETEXT_MODELS:
+        raise ValueError(f"unknown pretext backbone model={a.model!r}; valid: "
+                         f"{', '.join(PRETEXT_MODELS)}")
+    alexnet = a.model.startswith("alexnet")
+    c = base_config(a.variant)
+    c.method = task
+    c.model.update(name=a.model, cifar_stem=False)
+    c.augment.update(preset="supervised", overrides={})
+    # RotNet's SGD: lr 0.1 at batch 128 (= 0.2 per 256 here), momentum 0.9, decay 5e-4.
+    c.optimizer.update(name="sgd", base_lr=0.2, weight_decay=5e-4, momentum=0.9,
+                       warmup_fraction=0.02)
+    if alexnet:
+        c.model.fc_dim = 4096
+    if a.variant in ("smoke", "quickstart"):
+        c.dataset.image_size = 64
+        c.model.width = 0.125 if a.variant == "smoke" else 0.25
+        if alexnet:
+            c.model.fc_dim = 64 if a.variant == "smoke" else 512
+    if a.variant == "quickstart":
+        c.dataset.name = "shapes_textures/upright64"
+        c.augment.overrides = {"min_crop_scale": 0.5}
+        c.batch_size = 64
+        c.num_epochs = 1
+        # Every 20 steps, all kept: experiments/pretext_progress.py probes checkpoints along
+        # the pretext-accuracy curve.
+        c.checkpoint_every = 20
+        c.keep_checkpoints = 100
+    elif a.variant == "cifar10":
+        c.dataset.image_size = 64 if alexnet else 32
+        c.model.cifar_stem = not alexnet
+        c.num_epochs = 100
+    elif a.variant == "imagenet":
+        c.model.name = "alexnet_bn" if alexnet else a.model
+        c.batch_size = 256
+        c.num_epochs = 30
+        c.compute_dtype = "bfloat16"
+    if a.width:
+        c.model.width = a.width
+    if a.epochs:
+        c.num_epochs = a.epochs
+    if a.steps:
+        c.num_steps = a.steps
+    return c, a

@@ -35,6 +35,17 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
 
+def restore_step(manager: ocp.CheckpointManager, abstract_state: Any, step: int
+                 ) -> tuple[int, Any, dict]:
+    """(step, state, meta) of the checkpoint at `step` (no fallback: the caller asked for it)."""
+    if step not in manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint at step {step} in {manager.directory}; "
+                                f"saved steps: {sorted(manager.all_steps())}")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return step, restored.state, dict(restored.meta or {})
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any
                    ) -> tuple[int, Any, dict] | None:
     """Restore the newest readable checkpoint into `abstract_state` (a pytree of

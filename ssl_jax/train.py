@@ -227,8 +227,9 @@ def abstract_train_state(method, tx, mesh, image_size: int,
     return init_fn, abstract
 
 
-def load_trained(workdir: str, mesh=None):
-    """(config, method, state) of the newest readable checkpoint of a run_train workdir."""
+def load_trained(workdir: str, mesh=None, step: int | None = None):
+    """(config, method, state) of the newest readable checkpoint of a run_train workdir, or of
+    the checkpoint at `step`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir!r} is not an ssl_jax run directory (no config.json)")
@@ -240,7 +241,10 @@ def load_trained(workdir: str, mesh=None):
     _, abstract = abstract_train_state(method, tx, mesh, config.dataset.image_size)
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), keep=None,
                                          save_every=1, async_save=False)
-    restored = checkpointing.restore_latest(manager, abstract)
+    if step is None:
+        restored = checkpointing.restore_latest(manager, abstract)
+    else:
+        restored = checkpointing.restore_step(manager, abstract, step)
     manager.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
@@ -350,7 +354,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 final.update(ev)
                 bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
             if done % ckpt_every == 0 or is_last:
-                checkpointing.save(manager, done, state, meta, force=True)
+                # The step's metrics ride along in the checkpoint's meta, so every checkpoint
+                # is tagged with its training progress (e.g. a pretext task's accuracy).
+                checkpointing.save(manager, done, state, dict(meta, metrics=host), force=True)
     finally:
         manager.wait_until_finished()
         manager.close()

@@ -60,6 +60,9 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     background_weights: probabilities of flat, gradient, noise, natural (uncorrelated).
     scale_range: (min, max) shape diameter as a fraction of the image side.
     seed: everything is a deterministic function of it.
+    rotate: random orientation of shapes, textures and photo crops (False: all upright, so
+      an image's orientation is learnable, e.g. by the rotation pretext task; every other
+      factor is drawn exactly as with True).
     num_workers: processes used to generate (0 = min(4, cpu count)); does not change
       the data.
     """
@@ -73,6 +76,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     background_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
     scale_range: tuple[float, float] = (0.4, 0.8)
     seed: int = 0
+    rotate: bool = True
     num_workers: int = 0
 
     def __post_init__(self):
@@ -172,6 +176,13 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
                         "in 90% of train: shape-bias and copy-paste experiments.",
             resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
             texture_correlation=0.9, background_correlation=0.9, seed=3),
+        ShapesTexturesConfig(
+            name="upright64",
+            description="64 px, 10k/2k/2k, clean like small32 but nothing rotated: "
+                        "orientation is learnable (rotation pretext task).",
+            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=5,
+            rotate=False),
         ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",

@@ -111,15 +111,18 @@ def _natural_source(name: str, short_side: int) -> np.ndarray:
 
 
 def _rotated_crop(source: np.ndarray, n: int, resolution: int,
-                  rng: np.random.Generator, zoom_range: tuple[float, float]) -> np.ndarray:
+                  rng: np.random.Generator, zoom_range: tuple[float, float],
+                  rotate: bool = True) -> np.ndarray:
     """n random rotated, zoomed crops of `source` sampled at R x R (nearest neighbour).
+    `rotate=False` keeps the source upright (the angles are still drawn, so the other
+    draws, hence every other factor, stay the same).
 
     source: [h, w] or [h, w, C]. Returns [n, R, R] or [n, R, R, C].
     zoom: source pixels per output pixel; the crop centre is chosen so that the whole
     rotated window lies inside the source.
     """
     h, w = source.shape[:2]
-    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32) * np.float32(rotate)
     zoom = rng.uniform(*zoom_range, n).astype(np.float32)
     # Half-diagonal of the rotated window bounds how far the centre is from an edge.
     reach = zoom * resolution * np.float32(np.sqrt(0.5)) + 1.0
@@ -163,8 +166,9 @@ def _procedural(name: str, tx: np.ndarray, ty: np.ndarray,
 
 
 def render_textures(family: np.ndarray, resolution: int,
-                    rng: np.random.Generator) -> np.ndarray:
+                    rng: np.random.Generator, rotate: bool = True) -> np.ndarray:
     """Pattern intensity of each example's texture family, [n, R, R] float32 in [0, 1].
+    `rotate=False`: every pattern at orientation 0 (the draws are unchanged otherwise).
 
     family: [n] int indices into TEXTURE_NAMES. Every texture gets a random
     orientation, period (R/9..R/5 pixels, or a random zoom for natural crops) and
@@ -177,7 +181,7 @@ def render_textures(family: np.ndarray, resolution: int,
     n = family.shape[0]
     # Per-example parameters are drawn for the whole batch first, so the draws do not
     # depend on how examples split into families.
-    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32) * np.float32(rotate)
     period = rng.uniform(resolution / 9, resolution / 5, n).astype(np.float32)
     # Phase offset in pixels; for rings it is the (possibly off-image) centre.
     offset = rng.uniform(-resolution, resolution, (n, 2)).astype(np.float32)
@@ -189,7 +193,7 @@ def render_textures(family: np.ndarray, resolution: int,
             continue
         if name in NATURAL_TEXTURES:
             src = _natural_source(name, _TEXTURE_SOURCE_SIDES * resolution)
-            out[idx] = _rotated_crop(src, idx.size, resolution, rng, (0.8, 1.25))
+            out[idx] = _rotated_crop(src, idx.size, resolution, rng, (0.8, 1.25), rotate)
             continue
         cos = np.cos(angle[idx])[:, None, None]
         sin = np.sin(angle[idx])[:, None, None]
@@ -246,8 +250,9 @@ def _bilinear_matrix(src: int, dst: int) -> np.ndarray:
 
 def render_backgrounds(kind: np.ndarray, resolution: int, rng: np.random.Generator,
                        hue: np.ndarray | None = None,
-                       photo: np.ndarray | None = None) -> np.ndarray:
-    """Backgrounds of the given kinds, [n, R, R, 3] uint8.
+                       photo: np.ndarray | None = None, rotate: bool = True) -> np.ndarray:
+    """Backgrounds of the given kinds, [n, R, R, 3] uint8 (`rotate=False`: photo crops
+    upright; gradient directions stay random either way).
 
     kind: [n] indices into BACKGROUND_NAMES. flat = one colour; gradient = linear ramp
     between two colours in a random direction; noise = smooth 4x4 colour field plus
@@ -301,7 +306,7 @@ def render_backgrounds(kind: np.ndarray, resolution: int, rng: np.random.Generat
         sub = idx[random_photo[idx] == p]
         if sub.size:
             src = _natural_source(name, _PHOTO_SOURCE_SIDES * r)
-            out[sub] = _rotated_crop(src, sub.size, r, rng, (1.0, 2.0))
+            out[sub] = _rotated_crop(src, sub.size, r, rng, (1.0, 2.0), rotate)
     return out
 
 
@@ -354,14 +359,16 @@ def _shape_inside(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def render_masks(label: np.ndarray, resolution: int,
-                 rng: np.random.Generator, scale_range: tuple[float, float]) -> np.ndarray:
-    """Foreground masks of the given shape classes, [n, R, R] bool.
+                 rng: np.random.Generator, scale_range: tuple[float, float],
+                 rotate: bool = True) -> np.ndarray:
+    """Foreground masks of the given shape classes, [n, R, R] bool (`rotate=False`: every
+    shape upright, e.g. triangles point the same way).
 
     Each shape gets a random rotation, a diameter of scale_range * R pixels, and a
     centre chosen so the whole unit disk (hence the shape) stays inside the image.
     """
     n, r = label.shape[0], resolution
-    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32) * np.float32(rotate)
     half = (rng.uniform(*scale_range, n) * r / 2).astype(np.float32)
     cx = rng.uniform(half, r - half).astype(np.float32)
     cy = rng.uniform(half, r - half).astype(np.float32)
@@ -406,6 +413,7 @@ class Recipe(Protocol):
     background_weights: tuple[float, float, float, float]
     scale_range: tuple[float, float]
     seed: int
+    rotate: bool  # optional (default True): random orientation of shapes, textures, photos
 
 
 def split_size(config: Recipe, split: str) -> int:
@@ -463,9 +471,12 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     rng = np.random.default_rng([config.seed, SPLITS.index(split), chunk])
     r = config.resolution
     f = _split_factors(config, split, n, rng)
-    mask = render_masks(f["label"], r, rng, config.scale_range)
-    pattern = render_textures(f["texture"], r, rng)
-    background = render_backgrounds(f["kind"], r, rng, hue=f["hue"], photo=f["photo"])
+    # Objects without `rotate` (older Recipe-like configs) keep random orientations.
+    rotate = bool(getattr(config, "rotate", True))
+    mask = render_masks(f["label"], r, rng, config.scale_range, rotate)
+    pattern = render_textures(f["texture"], r, rng, rotate)
+    background = render_backgrounds(f["kind"], r, rng, hue=f["hue"], photo=f["photo"],
+                                    rotate=rotate)
     # Two foreground colours per image, every channel 88..168 apart (mod 256), so each
     # texture shows with strong contrast whatever colours are drawn.
     c1 = rng.integers(0, 256, (n, 3)).astype(np.float32)

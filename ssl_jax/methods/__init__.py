@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("supervised", "simclr", "byol", "moco", "insdis")
+METHODS = ("supervised", "simclr", "byol", "moco", "insdis", "rotation", "jigsaw", "counting",
+           "colorization")
 
 
 def get_method(name: str, config):

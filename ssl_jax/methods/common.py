@@ -26,9 +26,13 @@ def compute_dtype(config):
 def build_backbone(config) -> nn.Module:
     """The encoder without classifier: returns pooled features [N, num_features]."""
     m = config.model
+    # fc_dim (AlexNet/VGG fc6/fc7 width) only where the config sets it: ResNets have no fc
+    # layers, and get_model rejects kwargs a model does not take.
+    extra = {"fc_dim": int(m.fc_dim)} if m.get("fc_dim") else {}
     return models.get_model(m.name, num_classes=None, width=m.get("width", 1.0),
                             cifar_stem=m.get("cifar_stem", False),
-                            padding=m.get("padding", "torch"), dtype=compute_dtype(config))
+                            padding=m.get("padding", "torch"), dtype=compute_dtype(config),
+                            **extra)
 
 
 def split_variables(variables):
