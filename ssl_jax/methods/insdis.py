@@ -22,7 +22,9 @@ reference does ([B, K, D] gathered from the bank: memory-bound on CPU); False (t
 quickstart configs) draws one set of K indices for the whole global batch.
 
 The bank is updated with the rows of the global batch under jit, so it is identical on any
-number of devices. It lives in `TrainState.model_state["memory"]` (replicated, checkpointed):
+number of devices. It lives in `TrainState.model_state["memory"]` (checkpointed; its rows are
+split over the devices once it reaches 64 MiB, e.g. ImageNet's 1.28M x 128, replicated below
+that: `sharding.state_leaf_sharding`):
   {"batch_stats": BN, "memory": {"bank": [N, D], "z": () float32 (0 until estimated)}}
 The example indices come from the input pipeline (`batch["index"]`, a stable position of the
 example in its TFDS split, see `pipeline.example_index`).
