@@ -164,7 +164,8 @@ def centre_prior(height: int, width: int, sigma_fraction: float = 0.25) -> np.nd
 def f_beta(saliency: np.ndarray, truth: np.ndarray, beta_squared: float = F_BETA_SQUARED
            ) -> np.ndarray:
     """Per-image F-beta [N] at the adaptive threshold 2 x mean saliency (capped at 1).
-    saliency: [N, H, W] in [0, 1]; truth: [N, H, W] bool (or {0, 1}). An empty prediction
+    saliency: [N, H, W] in [0, 1]; truth: [N, H, W] bool (or {0, 1}). Predicted salient =
+    saliency >= threshold (so an all-zero map predicts every pixel); an empty prediction
     scores 0."""
     s = np.asarray(saliency, np.float64)
     g = np.asarray(truth) > 0.5
