@@ -147,20 +147,17 @@ def blend_mask(mask: tf.Tensor, blur: tf.Tensor, sigma: float) -> tf.Tensor:
 
 
 def least_salient_crop(image: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """A "saliency-free" background from another image: of the 9 half-side boxes on a 3 x 3
-    grid of offsets (0, 1/4, 1/2 of the side), the one with the least mask mass, resized
-    (bilinear) to the full image size."""
-    offsets = (0.0, 0.25, 0.5)
-    boxes = tf.constant([[y, x, y + 0.5, x + 0.5] for y in offsets for x in offsets],
-                        tf.float32)
-    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
-    # Mask mass of each box, on the mask resized to a 4 x 4 grid of quarter-side cells.
-    cells = tf.image.resize(mask[None], [4, 4], method="area")[0, :, :, 0]
-    mass = tf.stack([tf.reduce_sum(cells[i:i + 2, j:j + 2]) for i in range(3)
-                     for j in range(3)])
-    best = tf.argmin(mass)
-    out = tf.image.crop_and_resize(image[None], boxes[best][None], [0], tf.stack([h, w]))
-    return out[0]
+    """A "saliency-free" background from another image: of the 9 half-side boxes at offsets
+    (0, 1/4, 1/2) x side on both axes, the one with the least mask mass, resized (bilinear)
+    to the full image size. image: float [H, W, 3]; mask: [H, W, 1]."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    bh, bw = h // 2, w // 2
+    corners = [(i * h // 4, j * w // 4) for i in range(3) for j in range(3)]
+    mass = tf.stack([tf.reduce_sum(mask[y:y + bh, x:x + bw]) for y, x in corners])
+    best = tf.argmin(mass, output_type=tf.int32)
+    y, x = (best // 3) * h // 4, (best % 3) * w // 4
+    box = tf.slice(image, tf.stack([y, x, 0]), tf.stack([bh, bw, 3]))
+    return tf.image.resize(box, tf.stack([h, w]), method="bilinear")
 
 
 def texture_bank(cfg: CopyPasteConfig, resolution: int) -> np.ndarray:
