@@ -52,6 +52,20 @@ def test_grid_adjacency_boundary_and_geodesic_match_hand_values():
     np.testing.assert_allclose(saliency.geodesic_distances(dist, adj, on_boundary), ref)
 
 
+def test_edge_clip_and_clipped_geodesic_match_hand_values():
+    # A 1 x 3 strip, L = 0, 5, 20: nearest colour within two hops 5, 5, 15 -> clip 25 / 3.
+    labels = _grid_labels(1, 3, 2)
+    lab = np.array([[0.0, 0, 0], [5, 0, 0], [20, 0, 0]])
+    dist = np.abs(lab[:, None, 0] - lab[None, :, 0])
+    adj = saliency.adjacency(labels)
+    clip = saliency.edge_clip(dist, adj)
+    np.testing.assert_allclose(clip, 25 / 3)
+    geo = saliency.geodesic_distances(dist, adj, saliency.boundary_ids(labels), clip)
+    # Edges 0-1: 0, 1-2: 15 - 25/3, 0-2 (border link): 20 - 25/3; 0 -> 2 goes via 1.
+    np.testing.assert_allclose(geo[0], [0, 0, 15 - 25 / 3])
+    np.testing.assert_allclose(geo[1, 2], 15 - 25 / 3)
+
+
 def test_boundary_connectivity_on_a_grid_matches_hand_values():
     # 8 identical border superpixels around a centre 10 Lab units away (= sigma_clr):
     # bg: Area = 8 + e^-0.5, Len = 8; centre: Area = 1 + 8 e^-0.5, Len = 8 e^-0.5.
