@@ -9,7 +9,7 @@ once for the train split) and with copy-paste on the dataset's true masks, for e
 ssl_jax.evaluation.frozen.evaluate_features), plus a "shape probe" fit and scored on halves
 of the test split (see `shape_probe`). Writes OUTDIR/copy_paste.json and
 OUTDIR/copy_paste.md (mean and spread over seeds). Re-running resumes unfinished training and
-re-evaluates finished runs.
+only re-evaluates finished runs.
 """
 from __future__ import annotations
 

@@ -93,11 +93,13 @@ def array_masks(masks: np.ndarray) -> MaskProvider:
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be [N, H, W], got shape {masks.shape}")
+    # Held in memory (uint8 stays uint8: 4x smaller than float); fine for the built-in dataset,
+    # ImageNet-sized masks would need a per-example store instead.
     scale = 255.0 if masks.dtype == np.uint8 else 1.0
-    table = tf.constant(masks.astype(np.float32) / scale)
+    table = tf.constant(masks if masks.dtype == np.uint8 else masks.astype(np.float32))
 
     def fn(ex):
-        m = tf.gather(table, ex["index"])[..., None]
+        m = tf.cast(tf.gather(table, ex["index"]), tf.float32)[..., None] / scale
         size = tf.shape(ex["image"])[:2]
         return tf.cond(tf.reduce_all(tf.shape(m)[:2] == size), lambda: m,
                        lambda: tf.image.resize(m, size, method="bilinear"))
