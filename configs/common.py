@@ -69,6 +69,11 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
         train_split="train", eval_split="validation", image_size=224, num_classes=1000,
         eval_crop_fraction=0.875, cache=False))
     c.augment = ml_collections.ConfigDict(dict(preset="simclr_imagenet", overrides={}))
+    # Copy-paste backgrounds (003), off at prob 0; see ssl_jax/data/copy_paste.py. e.g.
+    # --config.augment.copy_paste.prob=0.3 --config.augment.copy_paste.masks=rbd
+    c.augment.copy_paste = ml_collections.ConfigDict(dict(
+        prob=0.0, masks="ground_truth", mask_path="", backgrounds="grey,texture,image",
+        blend="mix", blur_prob=0.5, blur_sigma=5 / 224))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1,
         scale_with_batch=True))

@@ -23,7 +23,7 @@ import optax
 from tqdm import tqdm
 
 from ssl_jax import checkpointing, metrics as metrics_lib, optim, sharding
-from ssl_jax.data import augment, pipeline
+from ssl_jax.data import augment, copy_paste, pipeline
 from ssl_jax.methods import get_method
 
 log = logging.getLogger("ssl_jax.train")
@@ -304,11 +304,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             json.dump(config.to_dict(), f, indent=2, default=str)
 
     train_step = jax.jit(make_train_step(method, tx, preset, schedule), donate_argnums=0)
+    # Configs saved before copy-paste existed have no sub-config: off.
+    paste = copy_paste.from_config(config.augment.copy_paste, builder,
+                                   config.dataset.train_split) \
+        if "copy_paste" in config.augment else None
     data = pipeline.train_iterator(
         builder, config.dataset.train_split, config.batch_size,
         preset.views, size, seed=config.seed, start_step=start,
         cache=config.dataset.get("cache", True),
-        with_index=getattr(method, "needs_index", False))
+        with_index=getattr(method, "needs_index", False), copy_paste=paste)
     writer = metrics_lib.MetricWriter(workdir)
 
     def knn_eval(state) -> dict[str, float]:

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssl_jax.data import crop
+from ssl_jax.data import copy_paste as copy_paste_lib, crop
 
 BUILTIN = "shapes_textures"
 
@@ -102,13 +102,27 @@ def example_view_seed(seed: int, index: tf.Tensor, view_index: int) -> tf.Tensor
     return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + view_index, index])
 
 
+def pair_with_previous(ds: tf.data.Dataset, first: dict) -> tf.data.Dataset:
+    """Adds to every element the previous element of the stream as "other" (the first gets
+    `first`): the source of copy-paste's 'image' backgrounds. One pass over one iterator, so
+    it stays deterministic and, placed before the per-process filter, identical for any
+    process count."""
+    def step(previous, ex):
+        return ex, {**ex, "other": previous}
+
+    return ds.scan(first, step)
+
+
 def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
                    seed: int, start_step: int = 0, cache: bool = True,
-                   shuffle_buffer: int = 50_000, with_index: bool = False
+                   shuffle_buffer: int = 50_000, with_index: bool = False,
+                   copy_paste: "copy_paste_lib.CopyPaste | None" = None
                    ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's part of each global batch.
 
     views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here).
+    copy_paste: optional `copy_paste.CopyPaste`, applied to each view independently BEFORE its
+    crop and flip (see ssl_jax/data/copy_paste.py).
     Yields {"image": uint8 [b, V, S, S, 3], "label": int32 [b]}, b = global_batch_size /
     process_count, plus "index": int32 [b] (`example_index`) with `with_index` (memory banks).
     """
@@ -116,26 +130,60 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
     if global_batch_size % nproc:
         raise ValueError(f"batch_size={global_batch_size} not divisible by {nproc} processes")
     local = global_batch_size // nproc
-    ds = builder.as_dataset(split=split, shuffle_files=True, decoders=_image_decoders(builder),
+    needs = copy_paste.masks.needs if copy_paste else ()
+    read_index = with_index or "index" in needs
+    decoders = _image_decoders(builder)
+    if decoders is not None and "mask" in needs:
+        decoders["mask"] = tfds.decode.SkipDecoding()
+    ds = builder.as_dataset(split=split, shuffle_files=True, decoders=decoders,
                             read_config=tfds.ReadConfig(shuffle_seed=seed,
-                                                        add_tfds_id=with_index))
-    keys = ("image", "label") + (("index",) if with_index else ())
-    if with_index:
+                                                        add_tfds_id=read_index))
+    keys = ("image", "label") + (("index",) if read_index else ()) + (
+        ("mask",) if "mask" in needs else ())
+    out_keys = ("image", "label") + (("index",) if with_index else ())
+    if read_index:
         offsets, _ = split_offsets(builder, split)
         ds = ds.map(lambda ex: {**ex, "index": example_index(ex["tfds_id"], offsets)})
     ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+    # The stream's first "other": one record read eagerly, before cache/shuffle see the data.
+    first = ds.take(1).get_single_element() if copy_paste else None
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    if copy_paste:
+        ds = pair_with_previous(ds, first)
     ds = ds.enumerate().skip(start_step * global_batch_size)
     ds = ds.filter(lambda i, ex: (i % global_batch_size) // local == pid)
 
+    def decoded(ex):
+        out = {**ex, "image": _decode_image(builder, ex["image"])}
+        if "mask" in ex and decoders is not None and "mask" in decoders:
+            out["mask"] = builder.info.features["mask"].decode_example(ex["mask"])
+        return out
+
+    if copy_paste:
+        textures = tf.constant(copy_paste.textures)
+        side = builder.info.features["image"].shape[0] or image_size
+
     def prepare(i, ex):
-        image = _decode_image(builder, ex["image"])
-        out = [crop.crop_view(image, example_view_seed(seed, i, v), image_size, view)
-               for v, view in enumerate(views)]
+        ex = decoded(ex)
+        image = ex["image"]
+        if copy_paste:
+            other = decoded(ex["other"])
+            mask, other_mask = copy_paste.masks(ex), copy_paste.masks(other)
+        out = []
+        for v, view in enumerate(views):
+            view_seed = example_view_seed(seed, i, v)
+            if copy_paste:
+                # Its own stream (fold_in), so switching copy-paste on leaves the crops as
+                # they were.
+                image = copy_paste_lib.copy_paste_view(
+                    ex["image"], mask, other["image"], other_mask,
+                    tf.random.experimental.stateless_fold_in(view_seed, 1), copy_paste.cfg,
+                    textures, side)
+            out.append(crop.crop_view(image, view_seed, image_size, view))
         return {"image": tf.stack(out), "label": tf.cast(ex["label"], tf.int32),
-                **{k: ex[k] for k in keys[2:]}}
+                **{k: ex[k] for k in out_keys[2:]}}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
