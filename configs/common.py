@@ -63,7 +63,7 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.model = ml_collections.ConfigDict(
-        dict(name="resnet18", width=1.0, cifar_stem=False, padding="torch"))
+        dict(name="resnet18", width=1.0, cifar_stem=False, padding="torch", activation="relu"))
     c.dataset = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir=ml_collections.FieldReference(None, field_type=str),
         train_split="train", eval_split="validation", image_size=224, num_classes=1000,

@@ -147,14 +147,16 @@ RESUME_MAY_CHANGE = ("log_every", "checkpoint_every", "keep_checkpoints", "datas
 
 def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuse to resume a workdir trained with another config: its checkpoints would not fit
-    the new model, or would silently continue a different schedule."""
+    the new model, or would silently continue a different schedule. Keys the saved config
+    lacks were added to the code after that run and are not compared (their defaults keep the
+    old behaviour)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return
     with open(path) as f:
         saved = _flatten(json.load(f))
     new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
-    changed = [k for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)
+    changed = [k for k in sorted(saved) if saved[k] != new.get(k)
                and not any(k == f or (f.endswith(".") and k.startswith(f))
                            for f in RESUME_MAY_CHANGE)]
     if changed:

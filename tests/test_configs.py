@@ -22,3 +22,29 @@ def test_override_parses_bools_ints_floats_and_strings():
 def test_override_rejects_bad_input(item, message):
     with pytest.raises(ValueError, match=message):
         apply_override(simclr.get_config("quickstart"), item)
+
+
+def test_model_activation_picks_the_backbone_nonlinearity():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from ssl_jax.methods.common import build_backbone
+
+    c = simclr.get_config("smoke")
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3)) - 0.5
+    net = build_backbone(c)
+    variables = net.init(jax.random.key(1), x, train=False)
+    relu_out = net.apply(variables, x, train=False)
+    apply_override(c, "model.activation=silu")
+    silu_net = build_backbone(c)
+    assert silu_net.activation is nn.silu
+    # Same parameters, another nonlinearity: SiLU lets negative pre-activations through.
+    assert not jnp.allclose(silu_net.apply(variables, x, train=False), relu_out)
+    apply_override(c, "model.activation=tanh")
+    with pytest.raises(ValueError, match="unknown model.activation 'tanh'; valid: relu, gelu"):
+        build_backbone(c)
+    apply_override(c, "model.activation=silu")
+    apply_override(c, "model.name=plain10")
+    apply_override(c, "model.cifar_stem=false")
+    with pytest.raises(ValueError, match="activation"):  # Plain-10 has no activation option
+        build_backbone(c)

@@ -23,12 +23,29 @@ def compute_dtype(config):
     return jnp.dtype(name)
 
 
+# Backbone nonlinearities by config name (`model.activation`). The smooth ones exist for
+# numerics checks as much as for users: ReLU's kink turns a last-bit rounding difference in a
+# pre-activation at ~0 into a different gradient (the 2-process test, tests/test_train_run.py).
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
+
+
+def backbone_activation(config):
+    name = config.model.get("activation", "relu")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown model.activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 def build_backbone(config) -> nn.Module:
     """The encoder without classifier: returns pooled features [N, num_features]."""
     m = config.model
     # fc_dim (AlexNet/VGG fc6/fc7 width) only where the config sets it: ResNets have no fc
-    # layers, and get_model rejects kwargs a model does not take.
+    # layers, and get_model rejects kwargs a model does not take; likewise a non-ReLU
+    # activation (ResNet, AlexNet, VGG).
     extra = {"fc_dim": int(m.fc_dim)} if m.get("fc_dim") else {}
+    activation = backbone_activation(config)
+    if activation is not nn.relu:
+        extra["activation"] = activation
     return models.get_model(m.name, num_classes=None, width=m.get("width", 1.0),
                             cifar_stem=m.get("cifar_stem", False),
                             padding=m.get("padding", "torch"), dtype=compute_dtype(config),
