@@ -88,6 +88,9 @@ def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
     same.log_every = 7  # logging and eval fields may change on resume
     same.eval.every_steps = 3
     train.check_same_run(str(uninterrupted_run), same)
+    newer = same.copy_and_resolve_references()
+    newer.model.added_since = "x"  # a key the saved run predates is not compared
+    train.check_same_run(str(uninterrupted_run), newer)
     other = saved.copy_and_resolve_references()
     other.model.cifar_stem = not saved.model.cifar_stem
     with pytest.raises(ValueError, match=r"holds a run with another config \(model\.cifar_stem: "
