@@ -71,6 +71,12 @@ SWEEP: list[tuple[str, str, dict]] = [
     # (`__ynn_fusion` in the compiled HLO); this falls back to XLA's Eigen convolutions.
     ("eigen_conv", BEST_CPU_FLAGS, {}),
     ("bf16_compute", "", {"compute_dtype": "bfloat16"}),
+    # On top of eigen_conv: LLVM's 512-bit vectors for XLA's own fused loops (BN, ReLU,
+    # LARS; default 256), and the scheduler that overlaps independent ops on the thread pool.
+    ("eigen_conv_vec512", f"{BEST_CPU_FLAGS} --xla_cpu_prefer_vector_width=512", {}),
+    ("eigen_conv_concurrent",
+     f"{BEST_CPU_FLAGS} --xla_cpu_enable_concurrency_optimized_scheduler=true", {}),
+    ("eigen_conv_bf16", BEST_CPU_FLAGS, {"compute_dtype": "bfloat16"}),
 ]
 
 NOAUG_OVERRIDES = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
