@@ -3,8 +3,10 @@
 Trains SimCLR, BYOL, MoCo v2 and a supervised baseline on the built-in dataset
 (`shapes_textures/small32`, generated locally on first use), each at its config's `quickstart`
 budget, then evaluates frozen features of each and of a random-init network of the same
-architecture (kNN, linear probe, few-shot, ECE), and writes OUTDIR/report.md, OUTDIR/report.json
-and OUTDIR/report.png. `--runs` picks the runs (any `configs/NAME.py` with its config args, e.g.
+architecture (kNN, linear probe, few-shot, ECE) and their behaviour (002: shape bias on the
+cue-conflict split, uniform-noise and contrast robustness, attention-map localisation IoU;
+ssl_jax.evaluation.behaviour), and writes OUTDIR/report.md, OUTDIR/report.json,
+OUTDIR/report.png, OUTDIR/robustness_*.png and OUTDIR/<run>/attention.*. `--runs` picks the runs (any `configs/NAME.py` with its config args, e.g.
 `--runs simclr,simclr:version=2,moco:version=1,insdis,supervised`). Re-running resumes unfinished
 training from its checkpoints; finished runs are evaluated again, not retrained.
 """
@@ -35,6 +37,9 @@ def parse_args():
                         "random-init baseline's")
     p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
     p.add_argument("--few_shot_episodes", type=int, default=600)
+    p.add_argument("--behaviour_examples", type=int, default=1000,
+                   help="test and cue-conflict examples for shape bias and robustness")
+    p.add_argument("--attention_examples", type=int, default=128)
     p.add_argument("--override", action="append", default=[],
                    help="KEY=VALUE applied to both training configs, e.g. num_epochs=4")
     return p.parse_args()
@@ -101,7 +106,21 @@ def main():
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[name].items()),
               flush=True)
 
-    write_report(args.outdir, configs, results, timings)
+    # --- Behaviour (002): the same networks through a linear head fitted on train features ---
+    from ssl_jax.evaluation import behaviour
+    data = {s: behaviour.load_split(builder, s, args.behaviour_examples)
+            for s in ("test", "cue_conflict")}
+    behaviours = {}
+    for name, (method, state) in models.items():
+        t0 = time.time()
+        behaviours[name] = behaviour.evaluate_behaviour(
+            method, state, builder, base.dataset, data, mesh, os.path.join(args.outdir, name),
+            title=name, attention_examples=args.attention_examples,
+            batch_size=base.eval.batch_size)
+        timings[f"behaviour_{name}_seconds"] = time.time() - t0
+        print(f"{name}: shape bias {behaviours[name]['shape_bias']:.3f}", flush=True)
+
+    write_report(args.outdir, configs, results, behaviours, timings)
 
 
 def run_config(spec: str, variant: str):
@@ -118,15 +137,19 @@ def run_config(spec: str, variant: str):
     return (f"{name}-{args.replace(';', '-')}" if args else name), config
 
 
-def write_report(outdir, configs, results, timings):
+def write_report(outdir, configs, results, behaviours, timings):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ssl_jax.data import pipeline
+    from ssl_jax.evaluation import behaviour
+
     base = next(iter(configs.values()))
+    builder = pipeline.load_builder(base.dataset.name, base.dataset.data_dir)
     summary = {"dataset": base.dataset.name, "model": f"{base.model.name} width {base.model.width}",
                "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-               "results": results, "timings": timings,
+               "results": results, "behaviour": behaviours, "timings": timings,
                "configs": {k: c.to_dict() for k, c in configs.items()}}
     with open(os.path.join(outdir, "report.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
@@ -146,7 +169,19 @@ def write_report(outdir, configs, results, timings):
     lines += ["", "Training: " + ", ".join(
         f"{n} {c.num_steps or c.num_epochs} {'steps' if c.num_steps else 'epochs'} at batch {c.batch_size} "
         f"({timings.get(f'train_{n}_seconds', 0) / 60:.1f} min)" for n, c in configs.items()),
-        "", "Curves: `report.png`; TensorBoard: `tensorboard --logdir " + outdir + "`.", ""]
+        "", "Curves: `report.png`; TensorBoard: `tensorboard --logdir " + outdir + "`.", "",
+        "## Behaviour (002)", "",
+        "A linear head fitted on each network's frozen train features decides; shape bias on "
+        "the `cue_conflict` split (shape of one class, texture of another), robustness on the "
+        "test split, localisation IoU of attention maps with the true masks. "
+        f"`{base.dataset.name}`'s train split ties texture to the class with probability "
+        f"{getattr(builder.builder_config, 'texture_correlation', '?')} (background: "
+        f"{getattr(builder.builder_config, 'background_correlation', '?')}); "
+        "`experiments/behaviour.py` runs the comparison with texture shortcuts in training "
+        "(docs/BEHAVIOUR.md).", ""]
+    lines += behaviour.markdown_lines(behaviours)
+    lines += ["", "Curves: `robustness_uniform_noise.png`, `robustness_contrast.png`; attention "
+              "overlays: `<run>/attention.png`.", ""]
     with open(os.path.join(outdir, "report.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -173,6 +208,7 @@ def write_report(outdir, configs, results, timings):
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "report.png"), dpi=100)
+    behaviour.plot_robustness(behaviours, outdir)
     print("\n".join(lines))
     print(f"report written to {outdir}/report.md")
 

@@ -184,6 +184,13 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=5,
             rotate=False),
         ShapesTexturesConfig(
+            name="texture32",
+            description="32 px, 10k/2k/2k, small32's recipe with texture tied to class in "
+                        "50% of train: shape bias at the quickstart budget.",
+            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9),
+            texture_correlation=0.5, seed=6),
+        ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",
             resolution=64, num_train=50_000, num_test=10_000, num_cue_conflict=5000,

@@ -1,0 +1,112 @@
+"""002's behavioural comparison of one trained network on the built-in dataset, shared by the
+main job's report (experiments/quickstart.py) and experiments/behaviour.py.
+
+For a network: a linear head fitted on frozen train features (one decision rule for every
+method: self-supervised ones have no classifier), its accuracy on the `test` split (texture and
+background independent of the class), shape bias on `cue_conflict` (shape = `label`, texture =
+`texture_class`), uniform-noise and contrast robustness curves, and the attention report's
+localisation IoUs with the true masks (`attention_report.evaluate_attention`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+MAPS = ("grad_cam", "guided_grad_cam", "saliency", "occlusion")
+FAMILIES = ("uniform_noise", "contrast")
+
+
+def load_split(builder, split: str, limit: int) -> dict[str, np.ndarray]:
+    """The first `limit` examples of a built-in-dataset split, in order:
+    {"image" float [N, R, R, 3] in [0, 1], "label", "texture_class", "mask" [N, R, R]}."""
+    import tensorflow_datasets as tfds
+    keys = ("image", "label", "texture_class", "mask")
+    rows = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(limit)))
+    out = {k: np.stack([r[k] for r in rows]) for k in keys}
+    out["image"] = out["image"].astype(np.float32) / 255.0
+    out["mask"] = out["mask"][..., 0]
+    return out
+
+
+def evaluate_behaviour(method, state, builder, dataset: Mapping[str, Any],
+                       data: Mapping[str, Mapping[str, np.ndarray]], mesh, outdir: str,
+                       title: str, attention_examples: int = 256,
+                       batch_size: int = 256) -> dict:
+    """One network's behaviour record. `dataset`: the run's config.dataset (train_split,
+    image_size, num_classes); `data`: {"test": ..., "cue_conflict": ...} from `load_split`;
+    attention overlays and their report go to `outdir`."""
+    from ssl_jax import train
+    from ssl_jax.data import pipeline
+    from ssl_jax.data.builtin import SHAPE_NAMES
+    from ssl_jax.evaluation import attention as A
+    from ssl_jax.evaluation import attention_report as R
+    from ssl_jax.evaluation import distortions as D
+    from ssl_jax.evaluation import shape_bias as S
+
+    feats, labels = train.extract_features(
+        method.features, (state.params, state.model_state),
+        pipeline.eval_iterator(builder, dataset.train_split, global_batch_size=batch_size,
+                               image_size=dataset.image_size, crop_fraction=1.0), mesh)
+    w, b = R.fit_linear_head(feats, labels, dataset.num_classes)
+    head = A.linear_head(w, b, 0)
+    variables = {"params": state.params, **state.model_state}
+    logits = jax.jit(lambda x: head(method.net.apply(variables, x, train=False)))
+
+    def predict(x):
+        return np.asarray(jax.numpy.argmax(logits(x), -1))
+
+    test, cue = data["test"], data["cue_conflict"]
+    acc = float(np.mean(np.concatenate([predict(test["image"][i:i + batch_size])
+                                        for i in range(0, len(test["label"]), batch_size)])
+                        == test["label"]))
+    bias = S.evaluate_shape_bias(predict, cue["image"], cue["label"], cue["texture_class"],
+                                 categories=SHAPE_NAMES, batch_size=batch_size)
+    curves = {f: D.robustness_curve(predict, test["image"], test["label"], f,
+                                    batch_size=batch_size) for f in FAMILIES}
+    batches = ({"image": test["image"][i:i + 32], "label": test["label"][i:i + 32],
+                "mask": test["mask"][i:i + 32]} for i in range(0, attention_examples, 32))
+    attention = R.evaluate_attention(method.net, variables, batches, outdir, head=head,
+                                     output_index=0, title=title)
+    return {"test_accuracy": acc, "shape_bias": bias["shape_bias"],
+            "cue_fractions": bias["fractions"],
+            "robustness": {f: {"levels": c["levels"], "accuracy": c["accuracy"]}
+                           for f, c in curves.items()},
+            "attention": attention["metrics"], "attention_layer": attention["layer"]}
+
+
+def markdown_lines(results: Mapping[str, dict]) -> list[str]:
+    """Tables of `evaluate_behaviour` records by network name: accuracy, shape bias (with the
+    shape / texture / other decision fractions), localisation IoU per map, and accuracy under
+    each robustness family's levels."""
+    lines = ["| network | test acc. | shape bias | shape / texture / other decisions | "
+             "loc. IoU " + " / ".join(MAPS) + " |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        loc = " / ".join(f"{r['attention'][f'localisation_iou/{m}']:.2f}" for m in MAPS)
+        fr = r["cue_fractions"]
+        lines.append(f"| {name} | {100 * r['test_accuracy']:.1f}% | {r['shape_bias']:.3f} | "
+                     f"{fr['shape']:.2f} / {fr['texture']:.2f} / {fr['other']:.2f} | {loc} |")
+    some = next(iter(results.values()))
+    for family in FAMILIES:
+        levels = some["robustness"][family]["levels"]
+        lines += ["", f"Accuracy (%) under {family}:", "",
+                  "| network | " + " | ".join(str(v) for v in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        for name, r in results.items():
+            acc = r["robustness"][family]["accuracy"]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
+    return lines
+
+
+def plot_robustness(results: Mapping[str, dict], outdir: str) -> list[str]:
+    """OUTDIR/robustness_<family>.png for each family; returns the paths."""
+    from ssl_jax.evaluation import distortions as D
+    paths = []
+    for family in FAMILIES:
+        path = os.path.join(outdir, f"robustness_{family}.png")
+        D.plot_robustness_curves({n: r["robustness"][family] for n, r in results.items()},
+                                 path, title=family)
+        paths.append(path)
+    return paths
