@@ -1,8 +1,9 @@
 """Behaviour of SSL vs supervised: python experiments/behaviour.py --outdir runs/behaviour
 
-Trains supervised and SimCLR (add BYOL with --methods supervised,simclr,byol) on the built-in
-dataset with texture/background tied to the class in 90% of train (`shapes_textures/biased32`,
-generated locally on first use) with the project's trainer and configs (configs/*.py, variant
+Trains supervised, SimCLR and BYOL (--methods picks others, e.g. supervised,simclr,moco) on the
+built-in dataset with texture tied to the class in 50% of train (`shapes_textures/texture32`,
+generated locally on first use; `--dataset shapes_textures/biased32` ties texture and background
+in 90%) with the project's trainer and configs (configs/*.py, variant
 `quickstart`, budget via --override, e.g. num_epochs=2), then for every network:
 - a linear head fitted on frozen train features (attention_report.fit_linear_head), which makes
   the decisions of every method comparable (self-supervised ones have no classifier);
@@ -34,8 +35,8 @@ def parse_args():
     p.add_argument("--outdir", default="runs/behaviour")
     p.add_argument("--data_dir", default=None,
                    help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--dataset", default="shapes_textures/biased32")
-    p.add_argument("--methods", default="supervised,simclr")
+    p.add_argument("--dataset", default="shapes_textures/texture32")
+    p.add_argument("--methods", default="supervised,simclr,byol")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
     p.add_argument("--override", action="append", default=[],
                    help="KEY=VALUE applied to every training config, e.g. num_epochs=2")

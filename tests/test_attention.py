@@ -251,3 +251,16 @@ def test_evaluate_attention_writes_json_png_and_markdown(tmp_path):
     assert -1.0 <= m["spearman/grad_cam~occlusion"] <= 1.0
     assert (tmp_path / "attention.png").stat().st_size > 1000
     assert "| grad_cam ~ occlusion |" in (tmp_path / "attention.md").read_text()
+
+
+@pytest.mark.parametrize("size, stem, expected", [(32, False, "layer2"), (32, True, "layer4"),
+                                                  (16, False, "layer1"), (8, False, "layer1")])
+def test_default_grad_cam_layer_is_the_last_with_a_4x4_map(size, stem, expected):
+    """ResNet-18, strided stem, 32 px: layer4 is 1 x 1 (Grad-CAM would be a constant map),
+    layer3 2 x 2, layer2 4 x 4 -> layer2; CIFAR stem: layer4 is 4 x 4. At 8 px nothing is
+    4 x 4, so the last of the largest maps (stem, layer1: 2 x 2) -> layer1."""
+    from ssl_jax.evaluation.attention_report import last_conv_layer
+    net = models.get_model("resnet18", width=0.125, cifar_stem=stem)
+    x = jnp.zeros((1, size, size, 3))
+    variables = net.init(jax.random.key(0), x, train=False)
+    assert last_conv_layer(net, variables, x) == expected

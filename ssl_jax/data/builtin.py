@@ -191,6 +191,13 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9),
             texture_correlation=0.5, seed=6),
         ShapesTexturesConfig(
+            name="uprightbg64",
+            description="upright64 with the background style (kind and hue family) tied to "
+                        "class in 90% of train: colours follow content (colorization).",
+            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=7,
+            rotate=False, background_correlation=0.9),
+        ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",
             resolution=64, num_train=50_000, num_test=10_000, num_cue_conflict=5000,

@@ -42,15 +42,22 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
     return w, params.b - jnp.asarray(mu) @ w
 
 
-def last_conv_layer(model: Any, variables: Mapping, x: jax.Array) -> str:
-    """Name of the last differentiable ([N, h, w, K]) tapped layer, in forward order."""
+def last_conv_layer(model: Any, variables: Mapping, x: jax.Array, min_side: int = 4) -> str:
+    """Name of the last differentiable ([N, h, w, K]) tapped layer, in forward order, whose
+    map is at least min_side x min_side (else the last of the largest). Grad-CAM on a 1 x 1
+    map is a constant: a ResNet's layer4 at 32 px with the strided stem is 1 x 1, its layer2
+    4 x 4; at 224 px layer4 is 7 x 7 and is chosen."""
     apply = A.as_apply_fn(model)
     _, state = apply(variables, x, train=False, mutable=["intermediates", PERTURBATIONS])
     shapes = {k: v.shape for k, v in flatten_intermediates(state.get(PERTURBATIONS, {})).items()}
     conv = [k for k, s in shapes.items() if len(s) == 4]
     if not conv:
         raise ValueError(f"no tapped conv layer; tapped layers: {sorted(shapes) or 'none'}")
-    return conv[-1]
+    wide = [k for k in conv if min(shapes[k][1:3]) >= min_side]
+    if wide:
+        return wide[-1]
+    largest = max(min(shapes[k][1:3]) for k in conv)
+    return [k for k in conv if min(shapes[k][1:3]) == largest][-1]
 
 
 def attention_maps_fn(model: Any, layer: str, head: Callable, features_fn: Callable,
