@@ -1,5 +1,5 @@
-"""The main job (README command (a)) end to end at the smoke budget: two runs picked with
---runs, a report whose rows are the runs plus random init, accuracies in range, and the
+"""The main job (README command (a)) end to end at the smoke budget: one run picked with
+--runs (with a config arg), a report whose rows are the runs plus random init, accuracies in range, and the
 behaviour section (shape bias, robustness, attention) for the same rows."""
 import json
 import os
@@ -13,23 +13,23 @@ def test_quickstart_smoke_writes_a_report_per_run(tiny_data_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), "--outdir",
          str(tmp_path), "--data_dir", tiny_data_dir, "--variant", "smoke",
-         "--runs", "simclr,moco:version=1", "--probe_grid", "2", "--few_shot_episodes", "5",
+         "--runs", "simclr:version=2", "--probe_grid", "2", "--few_shot_episodes", "5",
          "--behaviour_examples", "64", "--attention_examples", "32"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.load(open(tmp_path / "report.json"))
-    assert list(report["results"]) == ["random-init", "simclr", "moco-version=1"]
+    assert list(report["results"]) == ["random-init", "simclr-version=2"]
     for row in report["results"].values():
         assert 0 <= row["linear_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
-    assert report["configs"]["moco-version=1"]["moco"]["version"] == 1
+    assert report["configs"]["simclr-version=2"]["simclr"]["head"] == "v2"
     assert list(report["behaviour"]) == list(report["results"])
     for row in report["behaviour"].values():
         assert 0 <= row["shape_bias"] <= 1 and 0 <= row["test_accuracy"] <= 1
         assert 0 <= row["attention"]["localisation_iou/grad_cam"] <= 1
     md = open(tmp_path / "report.md").read()
-    assert "| moco-version=1 |" in md and os.path.exists(tmp_path / "report.png")
+    assert "| simclr-version=2 |" in md and os.path.exists(tmp_path / "report.png")
     assert "## Behaviour (002)" in md and os.path.exists(tmp_path / "robustness_contrast.png")
-    assert os.path.exists(tmp_path / "simclr" / "attention.png")
+    assert os.path.exists(tmp_path / "simclr-version=2" / "attention.png")
 
 
 def test_quickstart_unknown_run_is_a_one_line_error(tmp_path):
