@@ -129,16 +129,38 @@ def test_standardize_zero_mean_unit_std_per_tile():
 
 # -------------------------------------------------------------------------------- counting
 
-def test_count_views_are_quadrants_and_the_resized_image():
+def test_count_views_are_quadrants_and_the_downsampled_image():
     x = np.random.default_rng(4).random((2, 8, 8, 3)).astype(np.float32)
-    tiles, whole = po.count_views(jnp.asarray(x), 4)
+    # Area resampling only, tiles at their native 4 px: the tiles are the quadrants and the
+    # whole image is the 2 x 2 block means.
+    tiles, whole = po.count_views(jax.random.key(0), jnp.asarray(x), 4, methods=("area",))
     tiles, whole = np.asarray(tiles), np.asarray(whole)
     for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         np.testing.assert_array_equal(tiles[:, k], x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4])
-    # The whole image is downsampled with a normalised filter: a constant image stays constant.
-    np.testing.assert_allclose(np.asarray(po.count_views(jnp.full((1, 8, 8, 3), 0.3), 4)[1]),
-                               0.3, atol=1e-6)
-    assert whole.shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(whole, x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4)), atol=1e-6)
+    # Resized on to 8 px: shapes, and every operator is a normalised filter (constant stays).
+    tiles, whole = po.count_views(jax.random.key(1), jnp.full((3, 8, 8, 3), 0.3), 8)
+    assert tiles.shape == (3, 4, 8, 8, 3) and whole.shape == (3, 8, 8, 3)
+    np.testing.assert_allclose(np.asarray(tiles), 0.3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(whole), 0.3, atol=1e-5)
+
+
+def test_resize_methods_and_random_choice_per_image():
+    x = np.random.default_rng(6).random((1, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(po.resize(jnp.asarray(x), 8, "area")),
+                                  x.repeat(2, axis=1).repeat(2, axis=2))
+    with pytest.raises(ValueError, match="integer factor"):
+        po.resize(jnp.asarray(x), 6, "area")
+    # 64 copies of one image, each resampled by a method drawn for it: every output is one of
+    # the four single-method results, and all four occur.
+    batch = jnp.asarray(np.repeat(np.random.default_rng(7).random((1, 8, 8, 3)), 64, 0),
+                        jnp.float32)
+    out = np.asarray(po.random_resize(jax.random.key(2), batch, 4))
+    singles = [np.asarray(po.resize(batch[:1], 4, m))[0] for m in po.RESAMPLING_METHODS]
+    assert len({np.round(singles[i], 5).tobytes() for i in range(4)}) == 4
+    which = [[i for i, s in enumerate(singles) if np.allclose(o, s, atol=1e-6)] for o in out]
+    assert all(len(w) == 1 for w in which)
+    assert {w[0] for w in which} == {0, 1, 2, 3}
 
 
 def test_counting_loss_zero_when_additive_positive_otherwise():

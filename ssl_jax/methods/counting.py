@@ -4,9 +4,11 @@ whole-image features of another image (the contrastive term that rules out phi =
 
 phi = backbone -> Dense(count_dim) -> BatchNorm (no affine) -> ReLU (the paper's 1000 non-negative
 "counts"; the BatchNorm is ours, see CountingNet).
-Per image (inside the jitted loss): tiles and the whole image are resized to `tile_size`
-(0: half the image side, i.e. tiles at native resolution and the whole image downsampled 2x;
-AlexNet needs >= 63 px, so its quickstart upsamples the tiles to 64 and keeps the image).
+Per image (inside the jitted loss): the whole image is downsampled 2x to the tiles' scale, then
+tiles and whole image are resized to `tile_size` (0: half the image side, no second resize;
+AlexNet needs >= 63 px, so its quickstart upsamples all five views back to 64). Each
+resampling uses an operator drawn per view (area, bilinear, bicubic, Lanczos), as in the paper,
+so resampling artefacts cannot tell tiles from whole images.
 The other image y is the next image of the global batch (a roll by one).
 Logged `pretext_accuracy`: how often phi(D x) is closer to sum_j phi(T_j x) than phi(D y) is
 (chance 0.5).
@@ -52,8 +54,8 @@ class Method:
         return split_variables(self.net.init(rng, x, train=False))
 
     def loss(self, params, model_state, views, labels, rng):
-        del labels, rng
-        tiles, whole = pretext_ops.count_views(views[:, 0], self.tile_size)
+        del labels
+        tiles, whole = pretext_ops.count_views(rng, views[:, 0], self.tile_size)
         b = whole.shape[0]
         # One forward pass over tiles and whole images: BatchNorm sees both in one batch.
         x = jnp.concatenate([tiles.reshape(4 * b, *tiles.shape[2:]), whole], axis=0)

@@ -144,24 +144,56 @@ def standardize(x: Array, axes=(-3, -2, -1), eps: float = 1e-5) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def resize(images: Array, size: int) -> Array:
-    """[..., H, W, C] -> [..., size, size, C], bilinear with antialiasing when shrinking
-    (the identity when already that size)."""
-    if images.shape[-3:-1] == (size, size):
+# Noroozi et al. 2017 pick the downsampling operator at random (bicubic, bilinear, Lanczos,
+# area) so that the network cannot tell the downsampled whole image from the tiles by how it
+# was resampled; ours are the same four families ("area" = box filter: block means when
+# shrinking by an integer factor, pixel repetition when enlarging by one).
+RESAMPLING_METHODS = ("area", "linear", "cubic", "lanczos3")
+
+
+def resize(images: Array, size: int, method: str = "linear") -> Array:
+    """[..., H, W, C] -> [..., size, size, C] with one resampling `method` (RESAMPLING_METHODS),
+    antialiased when shrinking; the identity when already that size."""
+    *lead, h, w, c = images.shape
+    if (h, w) == (size, size):
         return images
-    shape = images.shape[:-3] + (size, size, images.shape[-1])
-    return jax.image.resize(images, shape, method="linear", antialias=True)
+    if method != "area":
+        return jax.image.resize(images, (*lead, size, size, c), method=method, antialias=True)
+    if h % size == 0 and w % size == 0:
+        blocks = images.reshape(*lead, size, h // size, size, w // size, c)
+        return blocks.mean(axis=(-4, -2))
+    if size % h == 0 and size % w == 0:
+        return jnp.repeat(jnp.repeat(images, size // h, axis=-3), size // w, axis=-2)
+    raise ValueError(f"area resampling needs an integer factor between {h}x{w} and {size}")
 
 
-def count_views(images: Array, tile_size: int) -> tuple[Array, Array]:
+def random_resize(key: Array, images: Array, size: int,
+                  methods: tuple[str, ...] = RESAMPLING_METHODS) -> Array:
+    """`resize`, each image [N, H, W, C] with its own method drawn uniformly from `methods`.
+    All variants are computed and one is gathered per image: at pretext sizes resampling is
+    cheap next to the network, and it keeps the choice a traced value."""
+    if images.shape[1:3] == (size, size):
+        return images
+    variants = jnp.stack([resize(images, size, m) for m in methods])  # [M, N, ...]
+    pick = jax.random.randint(key, (images.shape[0],), 0, len(methods))
+    return variants[pick, jnp.arange(images.shape[0])]
+
+
+def count_views(key: Array, images: Array, tile_size: int,
+                methods: tuple[str, ...] = RESAMPLING_METHODS) -> tuple[Array, Array]:
     """[B, S, S, C] (S even) -> (the 2 x 2 tiles [B, 4, t, t, C], the whole image [B, t, t, C]),
-    both resized to t = tile_size, so the whole image is the tiles' scene at the tiles' scale."""
+    t = tile_size. The whole image is first downsampled to the tiles' scale (S / 2), so both
+    show the scene at one scale; then all five views are resized to t (AlexNet needs 64 px
+    inputs on a 64 px dataset). Every resampling draws its method per view from `methods`."""
     b, s = images.shape[0], images.shape[1]
     if s % 2 or images.shape[2] != s:
         raise ValueError(f"counting needs square images of even side, got {images.shape[1:3]}")
     h = s // 2
-    tiles = images.reshape(b, 2, h, 2, h, -1).transpose(0, 1, 3, 2, 4, 5).reshape(b, 4, h, h, -1)
-    return resize(tiles, tile_size), resize(images, tile_size)
+    k_down, k_up = jax.random.split(key)
+    tiles = images.reshape(b, 2, h, 2, h, -1).transpose(0, 1, 3, 2, 4, 5).reshape(4 * b, h, h, -1)
+    whole = random_resize(k_down, images, h, methods)
+    views = random_resize(k_up, jnp.concatenate([tiles, whole]), tile_size, methods)
+    return views[:4 * b].reshape(b, 4, *views.shape[1:]), views[4 * b:]
 
 
 def counting_loss(tile_feats: Array, whole_feats: Array, other_feats: Array,
