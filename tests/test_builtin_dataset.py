@@ -356,6 +356,34 @@ def test_biased_background_is_a_shortcut_in_train_only():
     assert acc["train"] > 0.6 and acc["test"] < 0.25, acc
 
 
+def test_foreground_colour_follows_class_in_train_only():
+    """uprightfg64 (foreground_colour_correlation 0.9) changes only the foreground colours of
+    train, and there their statistics predict the class; in test they are at chance."""
+    import dataclasses
+
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import cross_val_score
+
+    config = dataclasses.replace(builtin.ShapesTextures.builder_configs["uprightfg64"],
+                                 resolution=32, num_train=512, num_test=512)
+    free = dataclasses.replace(config, foreground_colour_correlation=0.0)
+
+    def foreground_stats(d):
+        inside = np.where(d["mask"].astype(bool), d["image"].astype(float), np.nan)
+        return np.concatenate([np.nanmean(inside, (1, 2)), np.nanstd(inside, (1, 2))], 1)
+
+    acc = {}
+    for split in ("train", "test"):
+        d, d0 = (builtin.generate_chunk(c, split, 0) for c in (config, free))
+        for key in ("label", "texture_label", "background", "mask"):
+            np.testing.assert_array_equal(d[key], d0[key])
+        outside = ~d["mask"].astype(bool)[..., 0]
+        np.testing.assert_array_equal(d["image"][outside], d0["image"][outside])
+        forest = RandomForestClassifier(50, random_state=0)
+        acc[split] = cross_val_score(forest, foreground_stats(d), d["label"], cv=4).mean()
+    assert acc["train"] > 0.6 and acc["test"] < 0.25, acc
+
+
 def test_texture_family_is_recognisable_inside_the_mask(built):
     """Textures are distinct: rotation-invariant LBP histograms of the pixels inside the
     mask predict `texture_label` far above chance (10%), whatever the random colours."""

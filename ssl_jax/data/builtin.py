@@ -57,6 +57,10 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
       rate is p + (1 - p) / 10). `test` always uses p = 0.
     background_correlation: same for the class's CLASS_BACKGROUND style in `train`;
       otherwise the kind is drawn from `background_weights` with free colours/photo.
+    foreground_colour_correlation: probability that a `train` example's foreground colours
+      come from its class's hue family (both; brightness tells them apart); `test` and
+      `cue_conflict` always draw them freely. Colours then follow content, as in photos,
+      which the colorization pretext task needs.
     background_weights: probabilities of flat, gradient, noise, natural (uncorrelated).
     scale_range: (min, max) shape diameter as a fraction of the image side.
     seed: everything is a deterministic function of it.
@@ -73,6 +77,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     num_cue_conflict: int = 512
     texture_correlation: float = 0.0
     background_correlation: float = 0.0
+    foreground_colour_correlation: float = 0.0
     background_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
     scale_range: tuple[float, float] = (0.4, 0.8)
     seed: int = 0
@@ -82,7 +87,8 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     def __post_init__(self):
         if self.resolution < 16:
             raise ValueError(f"resolution={self.resolution} too small; need >= 16")
-        for field in ("texture_correlation", "background_correlation"):
+        for field in ("texture_correlation", "background_correlation",
+                      "foreground_colour_correlation"):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field}={value} must be in [0, 1]")
@@ -197,6 +203,13 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
             background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=7,
             rotate=False, background_correlation=0.9),
+        ShapesTexturesConfig(
+            name="uprightfg64",
+            description="upright64 with the foreground colours' hue family tied to class "
+                        "in 90% of train: colour follows shape (colorization).",
+            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=8,
+            rotate=False, foreground_colour_correlation=0.9),
         ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",

@@ -414,6 +414,7 @@ class Recipe(Protocol):
     scale_range: tuple[float, float]
     seed: int
     rotate: bool  # optional (default True): random orientation of shapes, textures, photos
+    foreground_colour_correlation: float  # optional (default 0)
 
 
 def split_size(config: Recipe, split: str) -> int:
@@ -454,6 +455,23 @@ def _split_factors(config: Recipe, split: str, n: int,
     return dict(label=label, texture=texture, kind=kind, hue=hue, photo=photo)
 
 
+def _class_foreground_colours(config: Recipe, chunk: int, label: np.ndarray,
+                              c1: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two foreground colours of `train` examples: with probability
+    `foreground_colour_correlation` both from the class's hue family (hue = class / 10 +- 0.04,
+    as for tied backgrounds) and told apart by brightness (value 0.7-1 vs 0.15-0.45, so the
+    texture still shows); else the free (c1, c2). Drawn from a stream of their own so that the
+    variants without the option keep their bytes."""
+    n = len(label)
+    rng = np.random.default_rng([config.seed, SPLITS.index("train"), chunk, 1])
+    tied = (rng.random(n) < config.foreground_colour_correlation)[:, None]
+    hue = _CLASS_HUE[label][:, None] + (rng.random((n, 2)) - 0.5) * 0.08
+    sat = rng.uniform(0.5, 1.0, (n, 2))
+    val = np.stack([rng.uniform(0.7, 1.0, n), rng.uniform(0.15, 0.45, n)], 1)
+    tied_colours = hsv_to_rgb(hue, sat, val)  # [n, 2, 3]
+    return (np.where(tied, tied_colours[:, 0], c1), np.where(tied, tied_colours[:, 1], c2))
+
+
 def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarray]:
     """Examples [chunk * CHUNK, (chunk + 1) * CHUNK) of `split`, deterministic.
 
@@ -481,6 +499,8 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     # texture shows with strong contrast whatever colours are drawn.
     c1 = rng.integers(0, 256, (n, 3)).astype(np.float32)
     c2 = (c1 + 128 + rng.integers(-40, 41, (n, 3))) % 256
+    if split == "train" and getattr(config, "foreground_colour_correlation", 0.0) > 0:
+        c1, c2 = _class_foreground_colours(config, chunk, f["label"], c1, c2)
     # Composite only the foreground pixels (memory-bound: skip full-size float passes).
     image = background
     which = np.nonzero(mask)[0]
