@@ -265,7 +265,8 @@ def report(summary: dict, config, args) -> str:
         f"{summary['machine']}; training " + (
             f"{summary['train_seconds'] / 60:.1f} min" if summary["train_seconds"] else
             "reused (finished run found in the outdir)") + ", probes "
-        + f"{summary['probe_seconds'] / 60:.1f} min (shared, loaded CPU).",
+        + f"{summary['probe_seconds'] / 60:.1f} min (1-minute load average "
+        f"{os.getloadavg()[0]:.1f} at the end).",
         "",
         "Command: `python experiments/pretext_progress.py --task " + summary["task"] +
         f" --model {args.model} --outdir {args.outdir}" +

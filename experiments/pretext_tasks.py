@@ -68,6 +68,10 @@ def main():
             steps, _ = pp.logged(workdir)
             results[key] = {
                 "task": task, "model": f"{config.model.name} x{config.model.width}",
+                "dataset": config.dataset.name,
+                # Training times on a 2-core machine mean little without the load.
+                "load_after_training": (os.getloadavg()[0] if seconds else
+                                        results.get(key, {}).get("load_after_training")),
                 "steps": int(steps[-1]), "batch_size": config.batch_size,
                 "train_seconds": seconds or results.get(key, {}).get("train_seconds", 0.0),
                 "probe_seconds": time.time() - t0,
@@ -116,15 +120,18 @@ def colorization_preview(method, state, config, path: str, num: int = 8) -> None
 
 
 def report(results: dict, args) -> str:
-    lines = ["| task | backbone | steps x batch | train min | pretext acc % | chance % | "
-             "best layer (trained) | linear % | best layer (random init) | linear % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | backbone | dataset | steps x batch | train min | pretext acc % | chance % "
+             "| best layer (trained) | linear % | best layer (random init) | linear % | "
+             "gain (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         tn, tb = pp.best_layer(r["trained"])
         rn, rb = pp.best_layer(r["random_init"])
-        lines.append(f"| {r['task']} | {r['model']} | {r['steps']} x {r['batch_size']} | "
+        lines.append(f"| {r['task']} | {r['model']} | `{r['dataset'].split('/')[-1]}` | "
+                     f"{r['steps']} x {r['batch_size']} | "
                      f"{r['train_seconds'] / 60:.1f} | {100 * r['pretext_accuracy']:.1f} | "
-                     f"{100 * r['chance']:.1f} | {tn} | {tb:.1f} | {rn} | {rb:.1f} |")
+                     f"{100 * r['chance']:.1f} | {tn} | {tb:.1f} | {rn} | {rb:.1f} | "
+                     f"{tb - rb:+.1f} |")
     lines += ["", "Per-layer test top-1 (%), trained / random init:", "",
               "| run | " + " | ".join(f"L{i}" for i in range(1, 7)) + " |",
               "|---|" + "---|" * 6]
@@ -133,9 +140,13 @@ def report(results: dict, args) -> str:
                  for n in r["trained"]]
         lines.append(f"| {key} | " + " | ".join(cells + [""] * (6 - len(cells))) + " |")
     machines = sorted({r["machine"] for r in results.values()})
-    lines += ["", f"Machine: {'; '.join(machines)} (a 2-core CPU shared with other jobs, "
-              "so the times are loaded times). Command: `python experiments/pretext_tasks.py "
-              f"--outdir {args.outdir}" + (f" --docs {args.docs}" if args.docs else "") + "`", ""]
+    loads = [r["load_after_training"] for r in results.values()
+             if r.get("load_after_training") is not None]
+    load = (f"1-minute load average after each training run {min(loads):.1f}-{max(loads):.1f}"
+            if loads else "load not recorded")
+    lines += ["", f"Machine: {'; '.join(machines)}; {load}. Command: "
+              f"`python experiments/pretext_tasks.py --outdir {args.outdir}"
+              + (f" --docs {args.docs}" if args.docs else "") + "`", ""]
     return "\n".join(lines)
 
 
