@@ -1,0 +1,90 @@
+"""python benchmarks/simclr_step_profile.py [--steps 2] [--trace_dir /tmp/simclr_trace]
+
+Where the CPU time of the SimCLR train step goes: the step of benchmarks/simclr_throughput.py
+(ResNet-18, CIFAR stem, 32 px, batch 128, `noaug`, the XLA flags `import ssl_jax` sets) traced
+with jax.profiler for a few steps after warm-up; prints the traced XLA ops' time per step,
+grouped by op kind (the HLO name without its number), and writes the compiled HLO next to the
+trace so that a fusion's operands can be looked up. Times are what the profiler records on the
+XLA:CPU threads (tracing slows the step; compare shares, not absolute numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ssl_jax  # noqa: E402,F401  (sets the Eigen-convolution flag before JAX starts)
+import simclr_throughput as bench  # noqa: E402
+
+
+def op_times(trace_dir: str, steps: int) -> collections.Counter:
+    """Seconds per step of every traced XLA op kind in the newest trace under trace_dir."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    kinds = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                # Python frames ($...) and the executor's own spans contain the ops.
+                if name.startswith(("$", "Thunk")):
+                    continue
+                kinds[re.sub(r"\.\d+$", "", name)] += event.duration_ps / 1e12 / steps
+    return kinds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--trace_dir", default="/tmp/simclr_trace")
+    p.add_argument("--top", type=int, default=12)
+    args = p.parse_args()
+    import jax
+    import numpy as np
+
+    from ssl_jax import train
+    from ssl_jax.data import augment
+    from ssl_jax.methods import get_method
+
+    config = bench.jax_config("resnet18", 128, 32, "float32")
+    method = get_method("simclr", config)
+    schedule, tx = train.build_optimizer(config, steps=10_000)
+    preset = augment.get_preset(config.augment.preset, **bench.NOAUG_OVERRIDES)
+    images = np.random.default_rng(0).integers(0, 256, (128, 2, 32, 32, 3), dtype=np.uint8)
+    batch = jax.device_put({"image": images, "label": np.zeros(128, np.int32)})
+    state = jax.jit(lambda r: train.init_state(method, tx, r, (32, 32, 3)))(jax.random.key(0))
+    step = jax.jit(train.make_train_step(method, tx, preset, schedule), donate_argnums=0)
+    key = jax.random.key(1)
+    compiled = step.lower(state, batch, key).compile()
+    os.makedirs(args.trace_dir, exist_ok=True)
+    with open(os.path.join(args.trace_dir, "step_hlo.txt"), "w") as f:
+        f.write(compiled.as_text())
+    for _ in range(2):  # warm-up
+        state, metrics = compiled(state, batch, key)
+        jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    with jax.profiler.trace(args.trace_dir):
+        for _ in range(args.steps):
+            state, metrics = compiled(state, batch, key)
+            jax.block_until_ready(metrics)
+    wall = (time.perf_counter() - t0) / args.steps
+    kinds = op_times(args.trace_dir, args.steps)
+    total = sum(kinds.values())
+    print(f"{wall:.2f} s per traced step (wall); traced op time {total:.2f} s per step")
+    for name, seconds in kinds.most_common(args.top):
+        print(f"{seconds:7.3f} s  {100 * seconds / total:5.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    main()
