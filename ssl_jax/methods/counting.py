@@ -6,9 +6,10 @@ phi = backbone -> Dense(count_dim) -> BatchNorm (no affine) -> ReLU (the paper's
 "counts"; the BatchNorm is ours, see CountingNet).
 Per image (inside the jitted loss): the whole image is downsampled 2x to the tiles' scale, then
 tiles and whole image are resized to `tile_size` (0: half the image side, no second resize;
-AlexNet needs >= 63 px, so its quickstart upsamples all five views back to 64). Each
-resampling uses an operator drawn per view (area, bilinear, bicubic, Lanczos), as in the paper,
-so resampling artefacts cannot tell tiles from whole images.
+AlexNet needs >= 63 px; the quickstarts upsample all five views back to 64 for every
+backbone, the size the probes see). Each resampling uses an operator drawn per view (area,
+bilinear, bicubic, Lanczos), as in the paper, so resampling artefacts cannot tell tiles from
+whole images.
 The other image y is the next image of the global batch (a roll by one).
 Logged `pretext_accuracy`: how often phi(D x) is closer to sum_j phi(T_j x) than phi(D y) is
 (chance 0.5).
