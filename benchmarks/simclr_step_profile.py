@@ -51,19 +51,14 @@ def main() -> None:
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args()
     import jax
-    import numpy as np
 
     from ssl_jax import train
     from ssl_jax.data import augment
-    from ssl_jax.methods import get_method
 
     config = bench.jax_config("resnet18", 128, 32, "float32")
-    method = get_method("simclr", config)
-    schedule, tx = train.build_optimizer(config, steps=10_000)
+    method, tx, schedule, batch, init = bench.jax_step_parts(config, 128, 32)
     preset = augment.get_preset(config.augment.preset, **bench.NOAUG_OVERRIDES)
-    images = np.random.default_rng(0).integers(0, 256, (128, 2, 32, 32, 3), dtype=np.uint8)
-    batch = jax.device_put({"image": images, "label": np.zeros(128, np.int32)})
-    state = jax.jit(lambda r: train.init_state(method, tx, r, (32, 32, 3)))(jax.random.key(0))
+    state = init(jax.random.key(0))
     step = jax.jit(train.make_train_step(method, tx, preset, schedule), donate_argnums=0)
     key = jax.random.key(1)
     compiled = step.lower(state, batch, key).compile()

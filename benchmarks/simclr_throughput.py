@@ -101,21 +101,36 @@ def jax_config(model: str, batch: int, size: int, compute_dtype: str):
     return config
 
 
-def run_jax(args) -> dict:
-    """Times the ssl_jax train step (variants aug/noaug, alternating); returns a result dict."""
+def jax_step_parts(config, batch_size: int, size: int):
+    """(method, tx, schedule, batch, init) for timing the trainer's step: a fixed random uint8
+    batch of two views per image on the default device, and a jitted state initialiser."""
     import jax
     import numpy as np
 
     from ssl_jax import train
-    from ssl_jax.data import augment
     from ssl_jax.methods import get_method
+
+    method = get_method("simclr", config)
+    schedule, tx = train.build_optimizer(config, steps=10_000)
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, 2, size, size, 3),
+                                               dtype=np.uint8)
+    batch = jax.device_put({"image": images, "label": np.zeros(batch_size, np.int32)})
+    init = jax.jit(lambda r: train.init_state(method, tx, r, (size, size, 3)))
+    return method, tx, schedule, batch, init
+
+
+def run_jax(args) -> dict:
+    """Times the ssl_jax train step (variants aug/noaug, alternating); returns a result dict."""
+    import jax
+
+    from ssl_jax import train
+    from ssl_jax.data import augment
 
     if not args.gpu and len(jax.devices()) != 1:
         raise RuntimeError(f"expected one CPU device, got {jax.devices()}; "
                            "unset --xla_force_host_platform_device_count")
     config = jax_config(args.model, args.batch, args.size, args.compute_dtype)
-    method = get_method("simclr", config)
-    schedule, tx = train.build_optimizer(config, steps=10_000)
+    method, tx, schedule, batch, init = jax_step_parts(config, args.batch, args.size)
     presets = {"aug": augment.get_preset(config.augment.preset),
                "noaug": augment.get_preset(config.augment.preset, **NOAUG_OVERRIDES)}
     variants = args.variants.split(",")
@@ -123,11 +138,7 @@ def run_jax(args) -> dict:
         if v not in presets:
             raise ValueError(f"unknown variant {v!r}; valid: aug, noaug")
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch, 2, args.size, args.size, 3), dtype=np.uint8)
-    batch = jax.device_put({"image": images, "label": np.zeros(args.batch, np.int32)})
     step_rng = jax.random.key(1)
-    init = jax.jit(lambda r: train.init_state(method, tx, r, (args.size, args.size, 3)))
 
     steps, states, out = {}, {}, {"side": "jax", "device": jax.devices()[0].device_kind,
                                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
