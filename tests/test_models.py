@@ -375,3 +375,31 @@ def test_plain10_matches_torch_and_sows_every_conv():
 def test_plain10_rejects_resnet_only_options():
     with pytest.raises(ValueError, match="cifar_stem=True is not supported by plain10"):
         get_model("plain10", cifar_stem=True)
+
+
+def test_cpu_conv_equals_flax_conv_bitwise_and_stores_its_input():
+    """models.conv.Conv: nn.Conv's parameters, outputs and gradients bit for bit; on CPU its
+    input goes through a conditional (the stored-input workaround of ssl_jax/models/conv.py)."""
+    from ssl_jax.models.conv import Conv
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 9, 9, 5)), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, 5), jnp.float32)
+    ours = Conv(6, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False)
+    flax_conv = nn.Conv(6, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False)
+    abstract = jax.eval_shape(flax_conv.init, KEY, x)
+    assert jax.tree.structure(jax.eval_shape(ours.init, KEY, x)) == jax.tree.structure(abstract)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), abstract)
+
+    def loss(module, p, x):
+        # The input is elementwise math of another array, as after BatchNorm + ReLU.
+        return jnp.sum(jnp.tanh(module.apply(p, nn.relu(x * scale - 0.1))))
+
+    results = {}
+    for label, module in (("ours", ours), ("flax", flax_conv)):
+        fn = jax.jit(jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1)))
+        results[label] = fn(params, x)
+        hlo = fn.lower(params, x).compile().as_text()
+        assert ("conditional(" in hlo) == (label == "ours"), label
+    for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from ssl_jax.methods import pretext_ops
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
+from ssl_jax.models.conv import Conv
 
 PRIOR = "colour_prior"
 
@@ -55,10 +56,10 @@ class ColorizationNet(nn.Module):
                              f"backbone's sown layers {sorted(sown)} (decode=True needs "
                              "mutable=['intermediates'])")
         fmap = sown[self.feature_layer][0].astype(jnp.float32)
-        y = nn.relu(nn.Conv(self.hidden_dim, (3, 3), padding=1, name="head_conv")(fmap))
+        y = nn.relu(Conv(self.hidden_dim, (3, 3), padding=1, name="head_conv")(fmap))
         y = jax.image.resize(y, (y.shape[0], self.out_size, self.out_size, y.shape[-1]),
                              method="linear")
-        return h, nn.Conv(self.num_bins, (1, 1), name="head_bins", dtype=jnp.float32)(y)
+        return h, Conv(self.num_bins, (1, 1), name="head_bins", dtype=jnp.float32)(y)
 
 
 class Method:

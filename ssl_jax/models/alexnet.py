@@ -27,6 +27,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool
 from ssl_jax.models.resnet import scaled_width
 from ssl_jax.models.taps import tap
@@ -81,8 +82,8 @@ class AlexNet(nn.Module):
         x = x.astype(self.dtype)
         idx = 0  # torch Sequential index of the next layer
         for i, (ch, k, s, p, pool) in enumerate(_CONVS):
-            x = nn.Conv(scaled_width(ch, self.width), (k, k), (s, s), padding=((p, p), (p, p)),
-                        dtype=self.dtype, name=f"features_{idx}")(x)
+            x = Conv(scaled_width(ch, self.width), (k, k), (s, s), padding=((p, p), (p, p)),
+                     dtype=self.dtype, name=f"features_{idx}")(x)
             idx += 1
             if self.batch_norm:
                 x = self._bn(train, f"features_{idx}")(x)

@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.conv import Conv
 from ssl_jax.models.resnet import scaled_width
 
 # (out channels before the width multiplier, stride)
@@ -51,9 +52,9 @@ class PlainCNN(nn.Module):
         """x: [N, H, W, 3] -> [N, num_features] features, or [N, num_classes] logits."""
         x = x.astype(self.dtype)
         for i, (channels, stride) in enumerate(_CONVS):
-            x = nn.Conv(scaled_width(channels, self.width), (3, 3), (stride, stride),
-                        padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                        name=f"conv{i + 1}_conv")(x)
+            x = Conv(scaled_width(channels, self.width), (3, 3), (stride, stride),
+                     padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                     name=f"conv{i + 1}_conv")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, name=f"conv{i + 1}_bn")(x)
             x = nn.relu(x)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.conv import Conv
 from ssl_jax.models.taps import tap
 
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -59,10 +60,10 @@ class _BlockBase(nn.Module):
     dtype: Any = jnp.float32
     activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
-    def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
-        return nn.Conv(features, (kernel, kernel), (strides, strides),
-                       padding=_pad(kernel, self.padding), use_bias=False,
-                       kernel_init=_conv_init, dtype=self.dtype, name=name)
+    def _conv(self, features: int, kernel: int, strides: int, name: str) -> Conv:
+        return Conv(features, (kernel, kernel), (strides, strides),
+                    padding=_pad(kernel, self.padding), use_bias=False,
+                    kernel_init=_conv_init, dtype=self.dtype, name=name)
 
     def _bn(self, train: bool, name: str, zero: bool = False) -> nn.BatchNorm:
         # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
@@ -170,11 +171,11 @@ class ResNet(nn.Module):
         pool_padding = "torch" if self.padding == "torch" else "same"
         stem = scaled_width(64, self.width)
         if self.cifar_stem:
-            x = nn.Conv(stem, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                        kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
+            x = Conv(stem, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                     kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
         else:
-            x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(7, conv_padding), use_bias=False,
-                        kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
+            x = Conv(stem, (7, 7), (2, 2), padding=_pad(7, conv_padding), use_bias=False,
+                     kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
         x = self.activation(x)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool
 from ssl_jax.models.resnet import scaled_width
 from ssl_jax.models.taps import tap
@@ -72,8 +73,8 @@ class VGG(nn.Module):
         idx = 0  # torch Sequential index of the next layer
         for k, (ch, reps) in enumerate(_BLOCKS):
             for j in range(reps):
-                x = nn.Conv(scaled_width(ch, self.width), (3, 3), padding=((1, 1), (1, 1)),
-                            kernel_init=_conv_init, dtype=self.dtype, name=f"features_{idx}")(x)
+                x = Conv(scaled_width(ch, self.width), (3, 3), padding=((1, 1), (1, 1)),
+                         kernel_init=_conv_init, dtype=self.dtype, name=f"features_{idx}")(x)
                 idx += 1
                 if self.batch_norm:
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
