@@ -11,8 +11,24 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 log = logging.getLogger(__name__)
+
+# Orbax's default jax.Array handler saves replicated arrays "replica-parallel": every replica
+# writes a slice of the array. It slices every array, however small, with one jitted slice
+# per replica, so a small model's state (hundreds of BatchNorm vectors and kernels, replicated
+# over 8 devices) costs ~4000 dispatches and their compiles per save: 3 s per checkpoint of
+# the smoke run's ResNet-18 x0.125. Splitting only slices of at least 1 MiB keeps the parallel
+# write for large arrays and writes small ones from one replica. The threshold does not change
+# what is written. The handler is otherwise orbax's default (including its metadata store);
+# registering it replaces the default for jax.Array in this process.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(
+        array_metadata_store=array_metadata_store.Store(),
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+    override=True)
 
 
 class CheckpointError(RuntimeError):
