@@ -41,12 +41,29 @@ def tiny_data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_simclr_run(tiny_data_dir, tmp_path_factory):
+def smoke_simclr_run(tiny_data_dir, tmp_path_factory, worker_id):
     """Workdir of one uninterrupted 6-step SimCLR smoke run (tests/smoke_run.py), shared by the
-    trainer and run_eval tests. Treat as read-only: copy it before changing anything."""
-    import smoke_run
+    trainer and run_eval tests. Treat as read-only: copy it before changing anything.
 
-    workdir = tmp_path_factory.mktemp("smoke_simclr")
-    out = smoke_run.run(smoke_run.smoke_cmd(workdir, tiny_data_dir))
+    Under pytest-xdist (pytest.ini runs 2 workers) all workers share one run: the first to need
+    it trains under a file lock in the session's common temp dir, the others wait and reuse it.
+    """
+    import smoke_run
+    from filelock import FileLock
+
+    if worker_id == "master":  # no xdist: this process is the whole session
+        return _train_smoke_run(smoke_run, tmp_path_factory.mktemp("smoke_simclr"),
+                                tiny_data_dir)
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, common to this run's workers
+    workdir = shared / "smoke_simclr"
+    with FileLock(str(shared / "smoke_simclr.lock")):
+        if not (workdir / "TRAINED").exists():
+            _train_smoke_run(smoke_run, workdir, tiny_data_dir)
+            (workdir / "TRAINED").touch()
+    return workdir
+
+
+def _train_smoke_run(smoke_run, workdir, data_dir):
+    out = smoke_run.run(smoke_run.smoke_cmd(workdir, data_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
