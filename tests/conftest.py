@@ -13,6 +13,7 @@ import jax  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS set too late?)"
 
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
@@ -48,22 +49,23 @@ def smoke_simclr_run(tiny_data_dir, tmp_path_factory, worker_id):
     Under pytest-xdist (pytest.ini runs 2 workers) all workers share one run: the first to need
     it trains under a file lock in the session's common temp dir, the others wait and reuse it.
     """
-    import smoke_run
     from filelock import FileLock
 
     if worker_id == "master":  # no xdist: this process is the whole session
-        return _train_smoke_run(smoke_run, tmp_path_factory.mktemp("smoke_simclr"),
-                                tiny_data_dir)
+        return _train_smoke_run(tmp_path_factory.mktemp("smoke_simclr"), tiny_data_dir)
     shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, common to this run's workers
-    workdir = shared / "smoke_simclr"
+    workdir, trained = shared / "smoke_simclr", shared / "smoke_simclr.trained"
     with FileLock(str(shared / "smoke_simclr.lock")):
-        if not (workdir / "TRAINED").exists():
-            _train_smoke_run(smoke_run, workdir, tiny_data_dir)
-            (workdir / "TRAINED").touch()
+        if not trained.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a failed attempt's leftovers
+            _train_smoke_run(workdir, tiny_data_dir)
+            trained.touch()
     return workdir
 
 
-def _train_smoke_run(smoke_run, workdir, data_dir):
+def _train_smoke_run(workdir, data_dir):
+    import smoke_run
+
     out = smoke_run.run(smoke_run.smoke_cmd(workdir, data_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
