@@ -473,7 +473,7 @@ def eval_attention(config, ctx: dict) -> tuple[dict, list[str]]:
     # The module itself (not its apply): guided backprop clones it with a guided ReLU.
     record = attention_report.evaluate_attention(
         source["module"], source["apply_variables"], images, ctx["outdir"],
-        head=attention.linear_head(w, b, source["features_index"]),
+        head=attention.LinearHead(w, b, source["features_index"]),
         layer=config.layer or None,
         output_index=source["features_index"],
         title=os.path.basename(os.path.normpath(config.checkpoint)))

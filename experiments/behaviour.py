@@ -99,10 +99,16 @@ def main():
     for name, config in configs.items():
         t0 = time.time()
         _, method, state = train.load_trained(os.path.join(args.outdir, name), mesh)
+        batch_size = config.dataset.get("eval_batch_size", 256)
+        feats, labels = train.extract_features(
+            method.features, (state.params, state.model_state),
+            pipeline.eval_iterator(builder, config.dataset.train_split,
+                                   global_batch_size=batch_size,
+                                   image_size=config.dataset.image_size, crop_fraction=1.0), mesh)
         results[name] = behaviour.evaluate_behaviour(
-            method, state, builder, config.dataset, data, mesh, os.path.join(args.outdir, name),
-            title=name, attention_examples=args.attention_examples,
-            batch_size=config.dataset.get("eval_batch_size", 256))
+            method, state, feats, labels, config.dataset.num_classes, data,
+            os.path.join(args.outdir, name), title=name,
+            attention_examples=args.attention_examples, batch_size=batch_size)
         timings[f"eval_{name}"] = time.time() - t0
         print(f"{name}: test acc {results[name]['test_accuracy']:.3f}, shape bias "
               f"{results[name]['shape_bias']:.3f}", flush=True)

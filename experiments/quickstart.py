@@ -94,10 +94,11 @@ def main():
         _, method, state = train.load_trained(os.path.join(args.outdir, name), mesh)
         models[name] = (method, state)
 
-    results = {}
+    results, train_features = {}, {}
     for name, (method, state) in models.items():
         t0 = time.time()
         (trx, try_), (tex, tey) = features(method, state)
+        train_features[name] = (trx, try_)  # the behaviour section's linear head is fitted on them
         results[name] = evaluate_features(
             trx, try_, tex, tey, base.dataset.num_classes, knn_k=base.eval.knn_k,
             knn_temperature=base.eval.knn_temperature, probe_grid=args.probe_grid,
@@ -114,8 +115,8 @@ def main():
     for name, (method, state) in models.items():
         t0 = time.time()
         behaviours[name] = behaviour.evaluate_behaviour(
-            method, state, builder, base.dataset, data, mesh, os.path.join(args.outdir, name),
-            title=name, attention_examples=args.attention_examples,
+            method, state, *train_features[name], base.dataset.num_classes, data,
+            os.path.join(args.outdir, name), title=name, attention_examples=args.attention_examples,
             batch_size=base.eval.batch_size)
         timings[f"behaviour_{name}_seconds"] = time.time() - t0
         print(f"{name}: shape bias {behaviours[name]['shape_bias']:.3f}", flush=True)

@@ -120,7 +120,7 @@ def test_with_activation_reaches_a_wrapped_backbone():
 def test_vanilla_saliency_through_a_linear_head_on_features():
     # features = x flattened; logits = features @ w: the saliency is |w column| reshaped.
     w = jax.random.normal(jax.random.PRNGKey(0), (4 * 4 * 2, 3))
-    head = A.linear_head(w, jnp.zeros(3))
+    head = A.LinearHead(w, jnp.zeros(3))
     feats = lambda variables, x, train: x.reshape(x.shape[0], -1)  # noqa: E731
     x = jnp.ones((1, 4, 4, 2))
     sal = A.vanilla_saliency(feats, {}, x, jnp.array([1]), head)
@@ -251,6 +251,29 @@ def test_evaluate_attention_writes_json_png_and_markdown(tmp_path):
     assert -1.0 <= m["spearman/grad_cam~occlusion"] <= 1.0
     assert (tmp_path / "attention.png").stat().st_size > 1000
     assert "| grad_cam ~ occlusion |" in (tmp_path / "attention.md").read_text()
+
+
+def test_networks_of_one_architecture_share_one_compiled_attention_program(tmp_path):
+    """Weights and the linear head are arguments of the jitted maps, not constants: a second
+    network with other weights and another head reuses the first one's program, and its maps
+    are its own (equal to an un-shared jit of the same maps)."""
+    from ssl_jax.evaluation.attention_report import attention_maps, evaluate_attention
+    model, _, x = _conv_gap_dense(size=8)
+    x = jax.nn.sigmoid(x)
+    batches = [{"image": np.asarray(x), "label": np.array([0, 1])}]
+    before = attention_maps._cache_size()
+    for seed in (3, 4):
+        variables = model.init(jax.random.PRNGKey(seed), x, train=False)
+        out_dim = variables["params"]["fc"]["kernel"].shape[1]
+        head = A.LinearHead(jax.random.normal(jax.random.PRNGKey(seed + 10), (out_dim, 2)),
+                            jnp.zeros(2))
+        record = evaluate_attention(model, variables, batches, str(tmp_path / str(seed)),
+                                    head=head, num_overlays=1)
+        cam = jax.jit(lambda v, xi: A.grad_cam(model, v, xi, "feat", jnp.array([0, 1]),
+                                               head))(variables, x)
+        assert record["metrics"]["sharpness/grad_cam"] == pytest.approx(
+            float(np.nanmean(np.asarray(A.sharpness(cam)))), rel=1e-6)
+    assert attention_maps._cache_size() == before + 1
 
 
 @pytest.mark.parametrize("size, stem, expected", [(32, False, "layer2"), (32, True, "layer4"),

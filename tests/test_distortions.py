@@ -290,6 +290,13 @@ def test_robustness_curve_confusion_and_plots(tmp_path):
                                batch_size=5)
     # Full contrast: perfect; zero contrast: every image is 0.5 grey -> all "dark" (class 0).
     assert curve["accuracy"] == [1.0, 0.5]
+    # Another observer on the same stimuli reuses the compiled distortions (one per level and
+    # batch shape), and is scored on its own decisions.
+    compiled = D._jit_distortion._cache_size()
+    inverted = D.robustness_curve(lambda x: 1 - predict(x), imgs, labels, "contrast",
+                                  levels=(1.0, 0.0), batch_size=5)
+    assert inverted["accuracy"] == [0.0, 0.5]
+    assert D._jit_distortion._cache_size() == compiled
     m = D.confusion_matrix(curve["predictions"][1], labels, 2)
     np.testing.assert_array_equal(m, sk_confusion(labels, curve["predictions"][1]).T)
     assert D.response_concentration(m) == 1.0

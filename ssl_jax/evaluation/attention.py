@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Union
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,13 +67,19 @@ def _target_score(logits: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.sum(jnp.take_along_axis(logits, target[:, None], axis=1))
 
 
-def linear_head(w: jax.Array, b: jax.Array, output_index: Optional[int] = None) -> Callable:
+@flax.struct.dataclass
+class LinearHead:
     """logits = features @ w + b (w: [D, K], b: [K], e.g. fit_logistic_regression's params);
-    ``output_index`` picks the features from a tuple output (method nets return (h, z))."""
-    def head(out):
-        h = out if output_index is None else out[output_index]
-        return h.astype(jnp.float32) @ w + b
-    return head
+    ``output_index`` picks the features from a tuple output (method nets return (h, z)).
+    A pytree, so jitted map functions take it as an argument: networks whose heads differ
+    only in their weights share one compiled program."""
+    w: jax.Array
+    b: jax.Array
+    output_index: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+
+    def __call__(self, out):
+        h = out if self.output_index is None else out[self.output_index]
+        return h.astype(jnp.float32) @ self.w + self.b
 
 
 def layer_activation_and_gradient(model: Model, variables: Mapping, x: jax.Array, layer: str,

@@ -1,7 +1,8 @@
 """Attention evaluation of one network over a dataset: metrics JSON, overlay PNG, Markdown.
 
-    head = fit_linear_head(train_features, train_labels, num_classes)   # frozen features
-    record = evaluate_attention(net, variables, batches, outdir, head=head, output_index=0)
+    w, b = fit_linear_head(train_features, train_labels, num_classes)   # frozen features
+    record = evaluate_attention(net, variables, batches, outdir,
+                                head=attention.LinearHead(w, b, 0), output_index=0)
 
 Maps per example (ssl_jax.evaluation.attention): Grad-CAM and Guided Grad-CAM (channel
 max |.|) at ``layer`` (default: the last tapped conv layer), 003's vanilla saliency and 004's
@@ -18,7 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional
+from functools import partial
+from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +50,18 @@ def last_conv_layer(model: Any, variables: Mapping, x: jax.Array, min_side: int 
     map is a constant: a ResNet's layer4 at 32 px with the strided stem is 1 x 1, its layer2
     4 x 4; at 224 px layer4 is 7 x 7 and is chosen."""
     apply = A.as_apply_fn(model)
-    _, state = apply(variables, x, train=False, mutable=["intermediates", PERTURBATIONS])
-    shapes = {k: v.shape for k, v in flatten_intermediates(state.get(PERTURBATIONS, {})).items()}
+    shapes: dict[str, tuple] = {}
+
+    def record_shapes(v, xi):
+        _, state = apply(v, xi, train=False, mutable=["intermediates", PERTURBATIONS])
+        # Read while tracing: the sown dict is in forward order here, while eval_shape's
+        # output would come back with its keys sorted.
+        shapes.update((k, t.shape) for k, t in
+                      flatten_intermediates(state.get(PERTURBATIONS, {})).items())
+
+    # Tracing is enough: running the network eagerly would dispatch (and on CPU compile)
+    # every convolution one by one.
+    jax.eval_shape(record_shapes, variables, x)
     conv = [k for k, s in shapes.items() if len(s) == 4]
     if not conv:
         raise ValueError(f"no tapped conv layer; tapped layers: {sorted(shapes) or 'none'}")
@@ -60,19 +72,26 @@ def last_conv_layer(model: Any, variables: Mapping, x: jax.Array, min_side: int 
     return [k for k in conv if min(shapes[k][1:3]) == largest][-1]
 
 
-def attention_maps_fn(model: Any, layer: str, head: Callable, features_fn: Callable,
-                      patch: int, stride: int) -> Callable:
-    """jit-ed (variables, images [N, H, W, 3], target [N]) -> {map name: [N, H, W]}."""
-    @jax.jit
-    def maps(variables, x, target):
-        return {
-            "grad_cam": A.grad_cam(model, variables, x, layer, target, head),
-            "guided_grad_cam": A.channel_max_abs(
-                A.guided_grad_cam(model, variables, x, layer, target, head)),
-            "saliency": A.vanilla_saliency(model, variables, x, target, head),
-            "occlusion": A.occlusion_map(lambda xi: features_fn(variables, xi), x, patch, stride),
-        }
-    return maps
+@partial(jax.jit, static_argnames=("model", "layer", "output_index", "patch", "stride"))
+def attention_maps(model: Any, variables: Mapping, head: A.Head, x: jax.Array,
+                   target: jax.Array, *, layer: str, output_index: Optional[int], patch: int,
+                   stride: int) -> dict[str, jax.Array]:
+    """{map name: [N, H, W]} of images x [N, H, W, 3] for class indices target [N].
+
+    One module-level jit, so every network with the same architecture (the main job's
+    random-init and SimCLR nets, checkpoints of one run) reuses one compiled program: the
+    variables and ``head`` (None or a pytree such as attention.LinearHead) are arguments."""
+    def features(v, xi):
+        out = A.as_apply_fn(model)(v, xi, train=False)
+        return out if output_index is None else out[output_index]
+
+    return {
+        "grad_cam": A.grad_cam(model, variables, x, layer, target, head),
+        "guided_grad_cam": A.channel_max_abs(
+            A.guided_grad_cam(model, variables, x, layer, target, head)),
+        "saliency": A.vanilla_saliency(model, variables, x, target, head),
+        "occlusion": A.occlusion_map(lambda xi: features(variables, xi), x, patch, stride),
+    }
 
 
 def score_maps(maps: Mapping[str, np.ndarray], mask: Optional[np.ndarray]) -> dict[str, np.ndarray]:
@@ -130,7 +149,7 @@ def save_overlays(images: np.ndarray, maps: Mapping[str, np.ndarray], path: str,
 
 
 def evaluate_attention(model: Any, variables: Mapping, batches: Iterable[Mapping[str, np.ndarray]],
-                       outdir: str, head: Callable, layer: Optional[str] = None,
+                       outdir: str, head: A.Head, layer: Optional[str] = None,
                        output_index: Optional[int] = None, patch: Optional[int] = None,
                        stride: Optional[int] = None, num_overlays: int = 8,
                        title: str = "network") -> dict:
@@ -138,26 +157,23 @@ def evaluate_attention(model: Any, variables: Mapping, batches: Iterable[Mapping
     "label": [b], optional "mask": [b, R, R(, 1)], optional "valid": bool [b]}).
 
     model: Linen module (or apply function) taking images in [0, 1]; ``head`` maps its output
-    to logits (``output_index`` selects the features when the output is a tuple, which is
+    to logits: None (the output is the logits) or a pytree callable such as
+    attention.LinearHead, since it is an argument of the jitted ``attention_maps`` (``output_index`` selects the features when the output is a tuple, which is
     also what occlusion compares). patch / stride default to H // 4 and H // 8 (004 gives no
     values). Writes OUTDIR/attention.json, attention.png, attention.md; returns the record.
     """
-    def features_fn(v, x):
-        out = A.as_apply_fn(model)(v, x, train=False)
-        return out if output_index is None else out[output_index]
-
     scores: dict[str, list[np.ndarray]] = {}
     shown: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "mask", "label", *MAPS)}
-    maps_fn, n_seen = None, 0
-    for batch in batches:
+    n_seen = 0
+    for i, batch in enumerate(batches):
         x = jnp.asarray(batch["image"], jnp.float32)
         valid = np.asarray(batch.get("valid", np.ones(len(x), bool)))
-        if maps_fn is None:
+        if i == 0:  # defaults from the image size
             h = x.shape[1]
             layer = layer or last_conv_layer(model, variables, x)
             patch, stride = patch or max(1, h // 4), stride or max(1, h // 8)
-            maps_fn = attention_maps_fn(model, layer, head, features_fn, patch, stride)
-        out = maps_fn(variables, x, jnp.asarray(batch["label"], jnp.int32))
+        out = attention_maps(model, variables, head, x, jnp.asarray(batch["label"], jnp.int32),
+                             layer=layer, output_index=output_index, patch=patch, stride=stride)
         maps = {k: np.asarray(out[k])[valid] for k in MAPS}  # jit returns keys sorted
         mask = batch.get("mask")
         mask = None if mask is None else _resize_mask(np.asarray(mask), tuple(x.shape[1:3]))[valid]
@@ -172,7 +188,7 @@ def evaluate_attention(model: Any, variables: Mapping, batches: Iterable[Mapping
             for k in MAPS:
                 shown[k] += list(maps[k][:take])
         n_seen += int(valid.sum())
-    if maps_fn is None:
+    if not scores:
         raise ValueError("batches is empty")
 
     per_example = {k: np.concatenate(v) for k, v in scores.items()}

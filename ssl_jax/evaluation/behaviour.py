@@ -10,9 +10,11 @@ localisation IoUs with the true masks (`attention_report.evaluate_attention`).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from functools import partial
+from typing import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 MAPS = ("grad_cam", "guided_grad_cam", "saliency", "occlusion")
@@ -31,32 +33,37 @@ def load_split(builder, split: str, limit: int) -> dict[str, np.ndarray]:
     return out
 
 
-def evaluate_behaviour(method, state, builder, dataset: Mapping[str, Any],
-                       data: Mapping[str, Mapping[str, np.ndarray]], mesh, outdir: str,
-                       title: str, attention_examples: int = 256,
+@partial(jax.jit, static_argnums=0)
+def _decisions(net, variables, head, x):
+    # Module level with the net static and the weights as arguments: networks of one
+    # architecture (the main job's random-init and SimCLR nets) share one compiled program.
+    return jnp.argmax(head(net.apply(variables, x, train=False)), -1)
+
+
+def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: np.ndarray,
+                       num_classes: int, data: Mapping[str, Mapping[str, np.ndarray]],
+                       outdir: str, title: str, attention_examples: int = 256,
                        batch_size: int = 256) -> dict:
-    """One network's behaviour record. `dataset`: the run's config.dataset (train_split,
-    image_size, num_classes); `data`: {"test": ..., "cue_conflict": ...} from `load_split`;
-    attention overlays and their report go to `outdir`."""
-    from ssl_jax import train
-    from ssl_jax.data import pipeline
+    """One network's behaviour record. `train_features`, `train_labels`: its frozen features of
+    the train split (train.extract_features of `method.features`, e.g. those the frozen
+    evaluation already extracted), on which the linear head is fitted; `data`:
+    {"test": ..., "cue_conflict": ...} from `load_split`; attention overlays and their report
+    go to `outdir`."""
     from ssl_jax.data.builtin import SHAPE_NAMES
     from ssl_jax.evaluation import attention as A
     from ssl_jax.evaluation import attention_report as R
     from ssl_jax.evaluation import distortions as D
     from ssl_jax.evaluation import shape_bias as S
 
-    feats, labels = train.extract_features(
-        method.features, (state.params, state.model_state),
-        pipeline.eval_iterator(builder, dataset.train_split, global_batch_size=batch_size,
-                               image_size=dataset.image_size, crop_fraction=1.0), mesh)
-    w, b = R.fit_linear_head(feats, labels, dataset.num_classes)
-    head = A.linear_head(w, b, 0)
+    w, b = R.fit_linear_head(train_features, train_labels, num_classes)
+    head = A.LinearHead(w, b, 0)
     variables = {"params": state.params, **state.model_state}
-    logits = jax.jit(lambda x: head(method.net.apply(variables, x, train=False)))
 
     def predict(x):
-        return np.asarray(jax.numpy.argmax(logits(x), -1))
+        # Padded to batch_size: a split's last, shorter batch would compile a second program.
+        n = len(x)
+        x = jnp.pad(jnp.asarray(x), [(0, batch_size - n)] + [(0, 0)] * (x.ndim - 1))
+        return np.asarray(_decisions(method.net, variables, head, x))[:n]
 
     test, cue = data["test"], data["cue_conflict"]
     acc = float(np.mean(np.concatenate([predict(test["image"][i:i + batch_size])

@@ -512,6 +512,11 @@ def apply_distortion(family: str, images: jax.Array, level, rng: jax.Array | Non
     return eidolon(images, float(level), EIDOLON_COHERENCE[family], EIDOLON_GRAIN, rng)
 
 
+# Module level, family and level static (levels fix kernel sizes): one compiled program per
+# (family, level, batch shape), reused by every batch and every network evaluated in a process.
+_jit_distortion = jax.jit(apply_distortion, static_argnums=(0, 2))
+
+
 def robustness_curve(predict_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
                      labels: np.ndarray, family: str, levels: Sequence | None = None,
                      rng: jax.Array | None = None, batch_size: int = 64,
@@ -530,14 +535,11 @@ def robustness_curve(predict_fn: Callable[[jax.Array], jax.Array], images: jax.A
     rng = jax.random.PRNGKey(0) if rng is None else rng
     preds = np.zeros((len(levels), len(labels)), np.int64)
     for li, level in enumerate(levels):
-        # One compiled program per level (levels fix kernel sizes), reused for every batch.
-        distort = jax.jit(lambda x, key, amp, level=level: apply_distortion(
-            family, x, level, key, amp))
         for start in range(0, len(labels), batch_size):
             batch = jnp.asarray(images[start:start + batch_size])
             key = jax.random.fold_in(jax.random.fold_in(rng, li), start)
             preds[li, start:start + batch_size] = np.asarray(
-                predict_fn(distort(batch, key, amplitude)))
+                predict_fn(_jit_distortion(family, batch, level, key, amplitude)))
     return {"family": family, "levels": list(levels),
             "accuracy": (preds == labels[None]).mean(axis=1).tolist(), "predictions": preds}
 
