@@ -28,6 +28,24 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def config_from_spec(spec: str, variant: str) -> tuple[str, ml_collections.ConfigDict]:
+    """An experiment's run spec 'CONFIG[:ARG=VALUE[;ARG=VALUE]]' -> (run name, config), e.g.
+    'moco:version=1' -> ('moco-version=1', configs/moco.py's get_config('VARIANT,version=1'));
+    a bare 'byol' is named 'byol'."""
+    import importlib
+    import os
+    name, _, args = spec.partition(":")
+    try:
+        module = importlib.import_module(f"configs.{name}")
+    except ModuleNotFoundError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        valid = sorted(f[:-3] for f in os.listdir(here)
+                       if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+        raise ValueError(f"unknown run {name!r}; valid: {', '.join(valid)}") from None
+    config = module.get_config(",".join(filter(None, [variant] + args.split(";"))))
+    return (f"{name}-{args.replace(';', '-')}" if args else name), config
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     """Apply one 'dotted.key=value' (the experiments' --override), cast to the current type."""
     key, value = item.split("=", 1)

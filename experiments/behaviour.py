@@ -36,7 +36,9 @@ def parse_args():
     p.add_argument("--data_dir", default=None,
                    help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--dataset", default="shapes_textures/texture32")
-    p.add_argument("--methods", default="supervised,simclr,byol")
+    p.add_argument("--methods", default="supervised,simclr,byol",
+                   help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), "
+                        "e.g. byol:epochs=12")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
     p.add_argument("--override", action="append", default=[],
                    help="KEY=VALUE applied to every training config, e.g. num_epochs=2")
@@ -68,17 +70,18 @@ def main():
     args = parse_args()
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    import importlib
-
-    from configs.common import apply_override
+    from configs.common import apply_override, config_from_spec
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
     from ssl_jax.evaluation import behaviour
 
     os.makedirs(args.outdir, exist_ok=True)
     configs = {}
-    for name in args.methods.split(","):
-        c = importlib.import_module(f"configs.{name}").get_config(args.variant)
+    for spec in args.methods.split(","):
+        try:
+            name, c = config_from_spec(spec, args.variant)
+        except ValueError as e:
+            raise SystemExit(f"--methods: {e}") from None
         c.dataset.name, c.dataset.data_dir = args.dataset, args.data_dir
         for item in args.override:
             apply_override(c, item)

@@ -49,14 +49,17 @@ def main():
     args = parse_args()
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    from configs.common import apply_override
+    from configs.common import apply_override, config_from_spec
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
     from ssl_jax.evaluation.frozen import evaluate_features
     from ssl_jax.methods import get_method
 
     os.makedirs(args.outdir, exist_ok=True)
-    configs = dict(run_config(spec, args.variant) for spec in args.runs.split(","))
+    try:
+        configs = dict(config_from_spec(spec, args.variant) for spec in args.runs.split(","))
+    except ValueError as e:  # unknown config or config arg: one line, naming the flag
+        raise SystemExit(f"--runs: {e}") from None
     for c in configs.values():
         c.dataset.data_dir = args.data_dir
         for item in args.override:
@@ -122,20 +125,6 @@ def main():
         print(f"{name}: shape bias {behaviours[name]['shape_bias']:.3f}", flush=True)
 
     write_report(args.outdir, configs, results, behaviours, timings)
-
-
-def run_config(spec: str, variant: str):
-    """'moco:version=1' -> ('moco-version=1', configs/moco.py's get_config('VARIANT,version=1'))."""
-    import importlib
-    name, _, args = spec.partition(":")
-    try:
-        module = importlib.import_module(f"configs.{name}")
-    except ModuleNotFoundError:
-        valid = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
-                       if f.endswith(".py") and f not in ("__init__.py", "common.py"))
-        raise SystemExit(f"unknown run {name!r} in --runs; valid: {', '.join(valid)}") from None
-    config = module.get_config(",".join(filter(None, [variant] + args.split(";"))))
-    return (f"{name}-{args.replace(';', '-')}" if args else name), config
 
 
 def write_report(outdir, configs, results, behaviours, timings):

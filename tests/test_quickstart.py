@@ -38,4 +38,4 @@ def test_quickstart_unknown_run_is_a_one_line_error(tmp_path):
          str(tmp_path), "--runs", "simclr,nosuch"], cwd=ROOT, capture_output=True, text=True,
         timeout=300)
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith("unknown run 'nosuch' in --runs; valid:")
+    assert out.stderr.strip().splitlines()[-1].startswith("--runs: unknown run 'nosuch'; valid:")
