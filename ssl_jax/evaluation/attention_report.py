@@ -158,8 +158,9 @@ def evaluate_attention(model: Any, variables: Mapping, batches: Iterable[Mapping
 
     model: Linen module (or apply function) taking images in [0, 1]; ``head`` maps its output
     to logits: None (the output is the logits) or a pytree callable such as
-    attention.LinearHead, since it is an argument of the jitted ``attention_maps`` (``output_index`` selects the features when the output is a tuple, which is
-    also what occlusion compares). patch / stride default to H // 4 and H // 8 (004 gives no
+    attention.LinearHead, since it is an argument of the jitted ``attention_maps``.
+    ``output_index`` selects the features when the output is a tuple (which is also what
+    occlusion compares). patch / stride default to H // 4 and H // 8 (004 gives no
     values). Writes OUTDIR/attention.json, attention.png, attention.md; returns the record.
     """
     scores: dict[str, list[np.ndarray]] = {}
