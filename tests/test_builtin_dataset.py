@@ -280,6 +280,8 @@ def test_generate_chunk_is_deterministic_and_seed_dependent():
     (dict(resolution=8), "resolution"),
     (dict(num_test=-1), "num_test"),
     (dict(num_workers=-2), "num_workers"),
+    (dict(texture_contrast=0.0), "texture_contrast"),
+    (dict(texture_contrast=1.5), "texture_contrast"),
 ])
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -420,3 +422,25 @@ def test_partial_last_chunk_has_the_remaining_examples():
     # The first chunk does not depend on how many examples follow it.
     np.testing.assert_array_equal(builtin.generate_chunk(config, "test", 0)["image"],
                                   builtin.generate_chunk(_tiny_config(), "test", 0)["image"])
+
+
+def test_faint_texture_changes_only_the_foreground_and_narrows_its_colour_range():
+    """texture_contrast < 1 (faint32: 0.25) leaves every other factor as it was and puts a
+    texture's two colours at most 0.25 x 168 apart per channel, with no mod-256 wrap-around
+    (a wrap would turn a small step into a large one)."""
+    import dataclasses
+
+    config = dataclasses.replace(builtin.ShapesTextures.builder_configs["faint32"],
+                                 num_train=512)
+    full = dataclasses.replace(config, texture_contrast=1.0)
+    d, d1 = (builtin.generate_chunk(c, "train", 0) for c in (config, full))
+    for key in ("label", "texture_label", "background", "mask"):
+        np.testing.assert_array_equal(d[key], d1[key])
+    inside = d["mask"].astype(bool)[..., 0]
+    np.testing.assert_array_equal(d["image"][~inside], d1["image"][~inside])
+    # Per image and channel, the spread of foreground values is the colour distance.
+    spread = [np.ptp(img[m], axis=0) for img, m in zip(d["image"], inside)]
+    spread1 = [np.ptp(img[m], axis=0) for img, m in zip(d1["image"], inside)]
+    assert max(s.max() for s in spread) <= round(0.25 * 168) + 1
+    assert np.median([s.max() for s in spread]) > 15  # the texture is still there
+    assert np.median([s.max() for s in spread1]) > 80  # full contrast, for comparison

@@ -63,6 +63,8 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
       which the colorization pretext task needs.
     background_weights: probabilities of flat, gradient, noise, natural (uncorrelated).
     scale_range: (min, max) shape diameter as a fraction of the image side.
+    texture_contrast: in (0, 1]; scales the distance between a texture's two colours (1: every
+      channel 88..168 apart; 0.25: 22..42 apart, a faint texture), in every split.
     seed: everything is a deterministic function of it.
     rotate: random orientation of shapes, textures and photo crops (False: all upright, so
       an image's orientation is learnable, e.g. by the rotation pretext task; every other
@@ -78,6 +80,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     texture_correlation: float = 0.0
     background_correlation: float = 0.0
     foreground_colour_correlation: float = 0.0
+    texture_contrast: float = 1.0
     background_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
     scale_range: tuple[float, float] = (0.4, 0.8)
     seed: int = 0
@@ -92,6 +95,8 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field}={value} must be in [0, 1]")
+        if not 0.0 < self.texture_contrast <= 1.0:
+            raise ValueError(f"texture_contrast={self.texture_contrast} must be in (0, 1]")
         w = np.asarray(self.background_weights, np.float64)
         if w.shape != (4,) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"background_weights={self.background_weights} must be 4 "
@@ -189,6 +194,19 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
             background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=5,
             rotate=False),
+        ShapesTexturesConfig(
+            name="upright32",
+            description="32 px, 10k/2k/2k, small32's recipe with nothing rotated: upright "
+                        "shapes are told apart at the strided stem's 8x8 maps (quickstart).",
+            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=9,
+            rotate=False),
+        ShapesTexturesConfig(
+            name="faint32",
+            description="upright32 with faint textures (texture_contrast 0.25).",
+            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
+            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=10,
+            rotate=False, texture_contrast=0.25),
         ShapesTexturesConfig(
             name="texture32",
             description="32 px, 10k/2k/2k, small32's recipe with texture tied to class in "

@@ -415,6 +415,7 @@ class Recipe(Protocol):
     seed: int
     rotate: bool  # optional (default True): random orientation of shapes, textures, photos
     foreground_colour_correlation: float  # optional (default 0)
+    texture_contrast: float  # optional (default 1): scales the two texture colours' distance
 
 
 def split_size(config: Recipe, split: str) -> int:
@@ -496,9 +497,18 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     background = render_backgrounds(f["kind"], r, rng, hue=f["hue"], photo=f["photo"],
                                     rotate=rotate)
     # Two foreground colours per image, every channel 88..168 apart (mod 256), so each
-    # texture shows with strong contrast whatever colours are drawn.
+    # texture shows with strong contrast whatever colours are drawn; `texture_contrast` < 1
+    # scales that distance down (a faint texture: the shape's outline becomes the strongest
+    # edge in the image). At 1 the arithmetic is the original's, so those variants keep
+    # their bytes.
     c1 = rng.integers(0, 256, (n, 3)).astype(np.float32)
-    c2 = (c1 + 128 + rng.integers(-40, 41, (n, 3))) % 256
+    offset = 128 + rng.integers(-40, 41, (n, 3))
+    contrast = float(getattr(config, "texture_contrast", 1.0))
+    if contrast == 1.0:
+        c2 = (c1 + offset) % 256
+    else:  # no wrap-around (it would turn a small step into a large one): step down instead
+        offset = np.round(offset * contrast)
+        c2 = np.where(c1 + offset <= 255, c1 + offset, c1 - offset)
     if split == "train" and getattr(config, "foreground_colour_correlation", 0.0) > 0:
         c1, c2 = _class_foreground_colours(config, chunk, f["label"], c1, c2)
     # Composite only the foreground pixels (memory-bound: skip full-size float passes).
