@@ -101,11 +101,16 @@ def test_momentum_update_hand_values():
 def test_config_errors_are_one_line():
     c = moco_config.get_config("smoke")
     c.moco.queue_size = 100
-    with pytest.raises(ValueError, match="queue_size=100 must be a multiple of batch_size=32"):
+    with pytest.raises(ValueError, match=r"queue_size=100 must be a multiple of the keys "
+                                         r"enqueued per step, 32 \(batch_size=32\)"):
         get_method("moco", c)
     c = moco_config.get_config("smoke")
     c.moco.bn = "ghost"
-    with pytest.raises(ValueError, match="unknown moco.bn 'ghost'; valid: shuffle, sync"):
+    with pytest.raises(ValueError, match="unknown moco.bn 'ghost'; valid: shuffle, sync, split"):
+        get_method("moco", c)
+    c = moco_config.get_config("smoke")
+    c.moco.update(symmetric=True, queue_size=96)
+    with pytest.raises(ValueError, match="enqueued per step, 64 \\(batch_size=32, symmetric"):
         get_method("moco", c)
     with pytest.raises(ValueError, match="unknown moco version 3"):
         moco_config.get_config("smoke,version=3")
@@ -165,6 +170,29 @@ def test_shuffle_bn_permutes_restores_and_keeps_per_device_statistics():
     assert np.ptp(np.asarray(stats["BatchNorm_0"]["mean"]), axis=0).min() > 1e-3
     # Global statistics would have normalised differently (the shuffle-BN point).
     assert np.abs(np.asarray(out_bn) - (x - x.mean(0)) / x.std(0)).max() > 1e-2
+
+
+def test_split_bn_normalises_each_slice_with_its_own_statistics():
+    splits, per = 4, 3
+    x = np.random.default_rng(2).normal(size=(splits * per, 3)).astype(np.float32) * 2 + 1
+    module = _TinyBN()
+    variables = module.init(jax.random.key(0), x[:2])
+
+    def bn(v, xs):
+        y, new = module.apply(v, xs, mutable=["batch_stats"])
+        return y, new["batch_stats"]
+
+    out, stats = jax.jit(lambda v, x: moco.split_forward(bn, v, x, splits))(variables, x)
+    slices = x.reshape(splits, per, 3)
+    mu, var = slices.mean(1, keepdims=True), slices.var(1, keepdims=True)
+    expected = ((slices - mu) / np.sqrt(var + 1e-5)).reshape(-1, 3)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # momentum 0: each slice's running mean is its batch mean; the method keeps their average.
+    np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], mu[:, 0].mean(0), rtol=1e-5,
+                               atol=1e-6)
+    assert np.abs(np.asarray(out) - (x - x.mean(0)) / x.std(0)).max() > 1e-2
+    with pytest.raises(ValueError, match="batch 12 is not divisible by moco.bn_splits=5"):
+        moco.split_forward(bn, variables, x, 5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,3 +325,39 @@ def test_trainer_hands_the_run_length_to_byol_without_touching_the_callers_confi
     copied = train.with_total_steps(config, 468)
     assert "total_steps" not in config and copied.total_steps == 468
     assert get_method("byol", copied).total_steps == 468
+
+
+def test_moco_split_bn_symmetric_step_on_8_devices_equals_1_device_and_enqueues_both_views():
+    config = _tiny_config(moco_config)
+    config.moco.update(bn="split", bn_splits=4, symmetric=True, queue_size=4 * BATCH,
+                       momentum=0.5)
+    method = get_method("moco", config)
+    state = _state(method)
+    fn = lambda s, v, r: _sgd_step(method, s, v, r)
+    views, key = _views(), jax.random.key(5)
+    loss8, grads8, new8 = _run_on(jax.devices(), fn, state, views, key)
+    loss1, grads1, new1 = _run_on(jax.devices()[:1], fn, state, views, key)
+    # Split BN runs on global arrays under jit: the step does not depend on the device count.
+    assert np.isfinite(loss1) and loss1 > 0
+    assert _rel_err(loss8, loss1) <= 1e-5
+    _assert_trees_close(grads8, grads1, tol=5e-5)
+    _assert_trees_close(new8.model_state, new1.model_state)
+    # Both directions' keys (2B rows) entered the queue; the rest is untouched.
+    queue = new1.model_state["queue"]
+    assert int(queue["ptr"]) == 2 * BATCH
+    np.testing.assert_array_equal(queue["keys"][2 * BATCH:],
+                                  state.model_state["queue"]["keys"][2 * BATCH:])
+    assert np.abs(queue["keys"][:2 * BATCH] - state.model_state["queue"]["keys"][:2 * BATCH]
+                  ).max() > 1e-3
+    np.testing.assert_allclose(np.linalg.norm(queue["keys"], axis=1), 1.0, rtol=1e-5)
+    # The loss is the mean of the two directions: with global BN (no permutation involved)
+    # it equals the one-way loss averaged over the view order, computed by the asymmetric method.
+    config.moco.bn = "sync"
+    both = get_method("moco", config)
+    config.moco.symmetric = False
+    one_way = get_method("moco", config)
+    run1 = lambda m, v: _run_on(jax.devices()[:1], lambda s, v, r: _sgd_step(m, s, v, r),
+                                state, v, key)[0]
+    forward, backward = run1(one_way, views), run1(one_way, views[:, ::-1])
+    assert _rel_err(run1(both, views), (forward + backward) / 2) <= 1e-5
+    assert _rel_err(forward, backward) > 1e-4

@@ -15,7 +15,17 @@ Key-encoder BatchNorm (`moco.bn`):
       across devices (torch DDP would keep rank 0's; only the query encoder is evaluated, so
       this is bookkeeping).
   "sync": plain global BatchNorm under jit (SyncBN); equal on any number of devices.
-The query encoder always uses global BN (jit on global arrays), as ssl_jax does everywhere.
+  "split": the single-GPU emulation of shuffle-BN (the MoCo CIFAR-10 demo's SplitBatchNorm):
+      the global batch is cut into `moco.bn_splits` slices, each normalised by its own
+      statistics, in BOTH encoders (as each GPU's BN in the reference's 8-GPU run); the keys
+      are shuffled before the split and un-shuffled after. Computed on global arrays under jit,
+      so the step is the same on any number of devices.
+With "shuffle" and "sync" the query encoder uses global BN (jit on global arrays), as ssl_jax
+does everywhere.
+
+`moco.symmetric` (default False, the reference): the loss of both directions, q1 against k2 and
+q2 against k1, averaged (the CIFAR demo and lightly use it for short runs; the demo sums them),
+and both key batches enter the queue (so K must be a multiple of 2B).
 
 State layout (in `TrainState.model_state`, checkpointed with the rest):
   {"batch_stats": query BN, "key": {"params", "batch_stats"}, "queue": {"keys": [K, D], "ptr": int32}}
@@ -34,7 +44,7 @@ from ssl_jax.methods.common import build_backbone, normalize, split_variables
 from ssl_jax.models import heads
 
 VERSIONS = (1, 2)
-BN_MODES = ("shuffle", "sync")
+BN_MODES = ("shuffle", "sync", "split")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +95,18 @@ def shuffled_forward(apply_fn: Callable, variables: Any, x: jax.Array, rng: jax.
                          out_specs=(P(axis), P(axis)))(variables, x, rng)
 
 
+def split_forward(apply_fn: Callable, variables: Any, x: jax.Array, splits: int):
+    """`apply_fn(variables, x_slice) -> (out, stats)` on `splits` equal slices of the batch,
+    each with its own BatchNorm statistics (vmapped, so one program); returns (out [B, ...] in
+    the order of x, the slices' running statistics averaged)."""
+    b = x.shape[0]
+    if b % splits:
+        raise ValueError(f"batch {b} is not divisible by moco.bn_splits={splits}")
+    xs = x.reshape(splits, b // splits, *x.shape[1:])
+    out, stats = jax.vmap(apply_fn, in_axes=(None, 0))(variables, xs)
+    return out.reshape(b, *out.shape[2:]), jax.tree.map(lambda t: t.mean(axis=0), stats)
+
+
 # ---------------------------------------------------------------------------------------------
 # Networks and the method
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +140,12 @@ class Method:
             raise ValueError(f"unknown moco.version {cfg.version!r}; valid: 1, 2")
         if cfg.bn not in BN_MODES:
             raise ValueError(f"unknown moco.bn {cfg.bn!r}; valid: {', '.join(BN_MODES)}")
-        if cfg.queue_size % config.batch_size:
-            raise ValueError(f"moco.queue_size={cfg.queue_size} must be a multiple of "
-                             f"batch_size={config.batch_size}")
+        self.symmetric = bool(cfg.get("symmetric", False))
+        keys_per_step = config.batch_size * (2 if self.symmetric else 1)
+        if cfg.queue_size % keys_per_step:
+            raise ValueError(f"moco.queue_size={cfg.queue_size} must be a multiple of the keys "
+                             f"enqueued per step, {keys_per_step} (batch_size="
+                             f"{config.batch_size}{', symmetric' if self.symmetric else ''})")
         head = LinearHead(cfg.proj_dim) if cfg.version == 1 else heads.ProjectionMLP(
             out_dim=cfg.proj_dim)
         self.net = MoCoNet(build_backbone(config), head)
@@ -128,6 +153,7 @@ class Method:
         self.momentum = float(cfg.momentum)
         self.queue_size = int(cfg.queue_size)
         self.bn = cfg.bn
+        self.bn_splits = int(cfg.get("bn_splits", 8))
         self._mesh = mesh
 
     @property
@@ -147,32 +173,52 @@ class Method:
         return params, {**model_state, "key": key,
                         "queue": {"keys": queue, "ptr": jnp.zeros((), jnp.int32)}}
 
-    def _keys(self, key_vars, x, rng):
-        def apply(variables, x):
-            (_, z), new = self.net.apply(variables, x, train=True, mutable=["batch_stats"])
-            return z, new["batch_stats"]
+    def _apply(self, variables, x):
+        (_, z), new = self.net.apply(variables, x, train=True, mutable=["batch_stats"])
+        return z, new["batch_stats"]
 
+    def _queries(self, query_vars, x):
+        if self.bn == "split":
+            return split_forward(self._apply, query_vars, x, self.bn_splits)
+        return self._apply(query_vars, x)
+
+    def _keys(self, key_vars, x, rng):
         if self.bn == "sync":
-            return apply(key_vars, x)
-        z, stats = shuffled_forward(apply, key_vars, x, rng, self.mesh)
+            return self._apply(key_vars, x)
+        if self.bn == "split":
+            perm = jax.random.permutation(rng, x.shape[0])
+            z, stats = split_forward(self._apply, key_vars, x[perm], self.bn_splits)
+            return jnp.zeros_like(z).at[perm].set(z), stats
+        z, stats = shuffled_forward(self._apply, key_vars, x, rng, self.mesh)
         return z, jax.tree.map(lambda s: s.mean(axis=0), stats)
 
     def loss(self, params, model_state, views, labels, rng):
         del labels
-        (_, q), new = self.net.apply({"params": params, "batch_stats": model_state["batch_stats"]},
-                                     views[:, 0], train=True, mutable=["batch_stats"])
         key = model_state["key"]
         key_params = momentum_update(key["params"], params, self.momentum)
-        k, key_stats = self._keys({"params": key_params, "batch_stats": key["batch_stats"]},
-                                  views[:, 1], rng)
-        k = jax.lax.stop_gradient(losses.l2_normalize(k))
+        # (query view, key view) pairs: view 0 -> 1, and with `symmetric` also 1 -> 0. The BN
+        # statistics thread through the passes in order, as consecutive forwards in torch do.
+        pairs = ((0, 1), (1, 0)) if self.symmetric else ((0, 1),)
+        query_stats, key_stats = model_state["batch_stats"], key["batch_stats"]
         queue = model_state["queue"]
-        loss, logits = losses.infonce_queue(q, k, queue["keys"], self.temperature)
-        keys, ptr = enqueue(queue["keys"], queue["ptr"], k)
-        new_state = {**model_state, "batch_stats": new["batch_stats"],
+        losses_, accs, all_keys = [], [], []
+        for (qv, kv), pair_rng in zip(pairs, jax.random.split(rng, len(pairs))):
+            q, query_stats = self._queries({"params": params, "batch_stats": query_stats},
+                                           views[:, qv])
+            k, key_stats = self._keys({"params": key_params, "batch_stats": key_stats},
+                                      views[:, kv], pair_rng if self.symmetric else rng)
+            k = jax.lax.stop_gradient(losses.l2_normalize(k))
+            # Every direction is scored against the queue as it was before this step.
+            loss, logits = losses.infonce_queue(q, k, queue["keys"], self.temperature)
+            losses_.append(loss)
+            accs.append((jnp.argmax(logits, axis=1) == 0).mean())
+            all_keys.append(k)
+        loss = sum(losses_) / len(losses_)
+        keys, ptr = enqueue(queue["keys"], queue["ptr"], jnp.concatenate(all_keys))
+        new_state = {**model_state, "batch_stats": query_stats,
                      "key": {"params": key_params, "batch_stats": key_stats},
                      "queue": {"keys": keys, "ptr": ptr}}
-        accuracy = (jnp.argmax(logits, axis=1) == 0).mean()
+        accuracy = sum(accs) / len(accs)
         return loss, (new_state, {"loss": loss, "contrastive_accuracy": accuracy})
 
     def features(self, params, model_state, images):
