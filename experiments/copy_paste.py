@@ -97,8 +97,7 @@ def main():
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from ssl_jax import sharding, train
-    from ssl_jax.data import pipeline
-    from ssl_jax.evaluation.frozen import evaluate_features
+    from ssl_jax.evaluation.frozen import evaluate_features, random_init, split_features
 
     conditions = args.conditions.split(",")
     bad = [c for c in conditions if c not in CONDITIONS]
@@ -107,17 +106,9 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.outdir, exist_ok=True)
     mesh = sharding.make_mesh()
-    from ssl_jax.methods import get_method
 
     def evaluate(config, method, state) -> dict[str, float]:
-        builder = pipeline.load_builder(config.dataset.name, args.data_dir)
-        kw = dict(global_batch_size=config.eval.batch_size, image_size=config.dataset.image_size,
-                  crop_fraction=config.dataset.eval_crop_fraction)
-        variables = (state.params, state.model_state)
-        trx, try_ = train.extract_features(method.features, variables, pipeline.eval_iterator(
-            builder, config.dataset.train_split, **kw), mesh)
-        tex, tey = train.extract_features(method.features, variables, pipeline.eval_iterator(
-            builder, config.dataset.eval_split, **kw), mesh)
+        (trx, try_), (tex, tey) = split_features(method, state, config, mesh, args.data_dir)
         out = evaluate_features(trx, try_, tex, tey, config.dataset.num_classes,
                                 knn_k=config.eval.knn_k, knn_temperature=config.eval.knn_temperature,
                                 probe_grid=args.probe_grid, few_shot_episodes=0)
@@ -127,13 +118,8 @@ def main():
 
     # Reference row: the same backbone untrained (what "beats chance" means on this data).
     base = run_config(args, "none", seeds[0])
-    _, index_space = pipeline.split_offsets(
-        pipeline.load_builder(base.dataset.name, args.data_dir), base.dataset.train_split)
-    random_method = get_method(base.method, train.with_total_steps(base, 1, index_space))
-    _, tx = train.build_optimizer(base, 1)
-    init_fn, _ = train.abstract_train_state(random_method, tx, mesh, base.dataset.image_size)
     results, timings = {"random_init": {seeds[0]: evaluate(
-        base, random_method, init_fn(jax.random.key(base.seed + 1)))}}, {}
+        base, *random_init(base, mesh, base.seed + 1, args.data_dir))}}, {}
     print(f"random init: linear {results['random_init'][seeds[0]]['linear_top1']:.2f}%",
           flush=True)
     for condition in conditions:

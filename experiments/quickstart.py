@@ -52,8 +52,7 @@ def main():
     from configs.common import apply_override, config_from_spec
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
-    from ssl_jax.evaluation.frozen import evaluate_features
-    from ssl_jax.methods import get_method
+    from ssl_jax.evaluation.frozen import evaluate_features, random_init, split_features
 
     os.makedirs(args.outdir, exist_ok=True)
     try:
@@ -77,22 +76,7 @@ def main():
     # --- Evaluate frozen features ---
     mesh = sharding.make_mesh()
     base = next(iter(configs.values()))
-    builder = pipeline.load_builder(base.dataset.name, args.data_dir)
-    kw = dict(global_batch_size=base.eval.batch_size, image_size=base.dataset.image_size,
-              crop_fraction=base.dataset.eval_crop_fraction)
-
-    def features(method, state):
-        tr = train.extract_features(method.features, (state.params, state.model_state), pipeline.eval_iterator(
-            builder, base.dataset.train_split, **kw), mesh)
-        te = train.extract_features(method.features, (state.params, state.model_state), pipeline.eval_iterator(
-            builder, base.dataset.eval_split, **kw), mesh)
-        return tr, te
-
-    models = {}
-    random_method = get_method(base.method, base)
-    _, tx = train.build_optimizer(base, 1)
-    init_fn, _ = train.abstract_train_state(random_method, tx, mesh, base.dataset.image_size)
-    models["random-init"] = (random_method, init_fn(jax.random.key(base.seed + 1)))
+    models = {"random-init": random_init(base, mesh, base.seed + 1, args.data_dir)}
     for name in configs:
         _, method, state = train.load_trained(os.path.join(args.outdir, name), mesh)
         models[name] = (method, state)
@@ -100,7 +84,7 @@ def main():
     results, train_features = {}, {}
     for name, (method, state) in models.items():
         t0 = time.time()
-        (trx, try_), (tex, tey) = features(method, state)
+        (trx, try_), (tex, tey) = split_features(method, state, base, mesh, args.data_dir)
         train_features[name] = (trx, try_)  # the behaviour section's linear head is fitted on them
         results[name] = evaluate_features(
             trx, try_, tex, tey, base.dataset.num_classes, knn_k=base.eval.knn_k,
@@ -112,6 +96,7 @@ def main():
 
     # --- Behaviour (002): the same networks through a linear head fitted on train features ---
     from ssl_jax.evaluation import behaviour
+    builder = pipeline.load_builder(base.dataset.name, args.data_dir)
     data = {s: behaviour.load_split(builder, s, args.behaviour_examples)
             for s in ("test", "cue_conflict")}
     behaviours = {}
