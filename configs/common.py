@@ -94,7 +94,7 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
         blend="mix", blur_prob=0.5, blur_sigma=5 / 224))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1,
-        scale_with_batch=True))
+        scale_with_batch=True, lars_eta=1e-3))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=512, every_steps=0, knn_k=200, knn_temperature=0.07))
 

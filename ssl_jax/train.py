@@ -205,7 +205,7 @@ def build_optimizer(config, steps: int):
     schedule = optim.learning_rate_schedule(oc.base_lr, config.batch_size, steps, warmup,
                                             oc.get("scale_with_batch", True))
     return schedule, optim.build_optimizer(oc.name, schedule, oc.weight_decay,
-                                           oc.get("momentum", 0.9))
+                                           oc.get("momentum", 0.9), oc.get("lars_eta", 1e-3))
 
 
 def abstract_train_state(method, tx, mesh, image_size: int,
