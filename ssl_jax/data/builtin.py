@@ -158,6 +158,11 @@ def _sorted_example_maps() -> Iterator[None]:
         cls.serialize_example = original
 
 
+# small32's recipe, shared by its variants: 10k/2k/2k, large shapes on flat/gradient backgrounds.
+_CLEAN = dict(num_train=10_000, num_test=2000, num_cue_conflict=2000,
+              background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9))
+
+
 # -------------------------------------------------------------------------- builder
 class ShapesTextures(tfds.core.GeneratorBasedBuilder):
     """Procedural shapes x textures x backgrounds; no download. See module docstring."""
@@ -173,8 +178,7 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             name="small32",
             description="32 px, 10k/2k/2k, clean: large shapes on flat/gradient "
                         "backgrounds, no shortcuts. CPU quickstart.",
-            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=1),
+            resolution=32, **_CLEAN, seed=1),
         ShapesTexturesConfig(
             name="base64",
             description="64 px, 50k/10k/5k, all backgrounds, texture tied to class "
@@ -191,43 +195,32 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             name="upright64",
             description="64 px, 10k/2k/2k, clean like small32 but nothing rotated: "
                         "orientation is learnable (rotation pretext task).",
-            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=5,
-            rotate=False),
+            resolution=64, **_CLEAN, seed=5, rotate=False),
         ShapesTexturesConfig(
             name="upright32",
             description="32 px, 10k/2k/2k, small32's recipe with nothing rotated: upright "
                         "shapes are told apart at the strided stem's 8x8 maps (quickstart).",
-            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=9,
-            rotate=False),
+            resolution=32, **_CLEAN, seed=9, rotate=False),
         ShapesTexturesConfig(
             name="faint32",
             description="upright32 with faint textures (texture_contrast 0.25).",
-            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=10,
-            rotate=False, texture_contrast=0.25),
+            resolution=32, **_CLEAN, seed=10, rotate=False, texture_contrast=0.25),
         ShapesTexturesConfig(
             name="texture32",
             description="32 px, 10k/2k/2k, small32's recipe with texture tied to class in "
                         "50% of train: shape bias at the quickstart budget.",
-            resolution=32, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9),
-            texture_correlation=0.5, seed=6),
+            resolution=32, **_CLEAN, texture_correlation=0.5, seed=6),
         ShapesTexturesConfig(
             name="uprightbg64",
             description="upright64 with the background style (kind and hue family) tied to "
                         "class in 90% of train: colours follow content (colorization).",
-            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=7,
-            rotate=False, background_correlation=0.9),
+            resolution=64, **_CLEAN, seed=7, rotate=False, background_correlation=0.9),
         ShapesTexturesConfig(
             name="uprightfg64",
             description="upright64 with the foreground colours' hue family tied to class "
                         "in 90% of train: colour follows shape (colorization).",
-            resolution=64, num_train=10_000, num_test=2000, num_cue_conflict=2000,
-            background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9), seed=8,
-            rotate=False, foreground_colour_correlation=0.9),
+            resolution=64, **_CLEAN, seed=8, rotate=False,
+            foreground_colour_correlation=0.9),
         ShapesTexturesConfig(
             name="biased64",
             description="64 px version of biased32, 50k/10k/5k.",
