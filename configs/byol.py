@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif a.variant == "quickstart":
         # 32 px toy data: the same small-crop caveat as SimCLR's quickstart, and a head sized
         # to the width-0.25 ResNet-18 (128 features).
-        c.augment.update(overrides={"min_crop_scale": 0.5})
+        c.augment.update(overrides={"min_crop_scale": 0.5, "blur": False})
         c.byol.update(proj_hidden_dim=512, pred_hidden_dim=512, proj_dim=128)
         c.batch_size = 256
         # 6 epochs (234 steps): what fits the 15-minute main job beside SimCLR's 16 and
