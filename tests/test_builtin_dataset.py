@@ -444,3 +444,22 @@ def test_faint_texture_changes_only_the_foreground_and_narrows_its_colour_range(
     assert max(s.max() for s in spread) <= round(0.25 * 168) + 1
     assert np.median([s.max() for s in spread]) > 15  # the texture is still there
     assert np.median([s.max() for s in spread1]) > 80  # full contrast, for comparison
+
+
+def test_grey_variant_is_the_luminance_of_the_colour_image():
+    """faintgrey32 (grey=True) stores each image as the ITU-R 601 luma of the colour image
+    it would otherwise be (checked against PIL's "L" conversion), in all three channels."""
+    import dataclasses
+
+    from PIL import Image
+
+    config = dataclasses.replace(builtin.ShapesTextures.builder_configs["faintgrey32"],
+                                 num_train=512)
+    d, colour = (builtin.generate_chunk(c, "train", 0)
+                 for c in (config, dataclasses.replace(config, grey=False)))
+    for key in ("label", "texture_label", "background", "mask"):
+        np.testing.assert_array_equal(d[key], colour[key])
+    assert (d["image"][..., 0] == d["image"][..., 1]).all()
+    assert (d["image"][..., 0] == d["image"][..., 2]).all()
+    pil = np.stack([np.asarray(Image.fromarray(x).convert("L")) for x in colour["image"]])
+    assert np.abs(d["image"][..., 0].astype(int) - pil).max() <= 1

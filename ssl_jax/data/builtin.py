@@ -65,6 +65,8 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     scale_range: (min, max) shape diameter as a fraction of the image side.
     texture_contrast: in (0, 1]; scales the distance between a texture's two colours (1: every
       channel 88..168 apart; 0.25: 22..42 apart, a faint texture), in every split.
+    grey: store every image as its luminance (ITU-R 601) in all three channels: no colour
+      cue at all; every factor is drawn as in colour.
     seed: everything is a deterministic function of it.
     rotate: random orientation of shapes, textures and photo crops (False: all upright, so
       an image's orientation is learnable, e.g. by the rotation pretext task; every other
@@ -81,6 +83,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     background_correlation: float = 0.0
     foreground_colour_correlation: float = 0.0
     texture_contrast: float = 1.0
+    grey: bool = False
     background_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
     scale_range: tuple[float, float] = (0.4, 0.8)
     seed: int = 0
@@ -205,6 +208,11 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             name="faint32",
             description="upright32 with faint textures (texture_contrast 0.25).",
             resolution=32, **_CLEAN, seed=10, rotate=False, texture_contrast=0.25),
+        ShapesTexturesConfig(
+            name="faintgrey32",
+            description="faint32 in grey levels: shape is the main cue left to tell two "
+                        "images apart.",
+            resolution=32, **_CLEAN, seed=11, rotate=False, texture_contrast=0.25, grey=True),
         ShapesTexturesConfig(
             name="texture32",
             description="32 px, 10k/2k/2k, small32's recipe with texture tied to class in "

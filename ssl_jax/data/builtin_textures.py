@@ -416,6 +416,7 @@ class Recipe(Protocol):
     rotate: bool  # optional (default True): random orientation of shapes, textures, photos
     foreground_colour_correlation: float  # optional (default 0)
     texture_contrast: float  # optional (default 1): scales the two texture colours' distance
+    grey: bool  # optional (default False): every image as its luminance, in all 3 channels
 
 
 def split_size(config: Recipe, split: str) -> int:
@@ -516,6 +517,10 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     which = np.nonzero(mask)[0]
     g = pattern[mask][:, None]
     image[mask] = np.floor(c2[which] + g * (c1 - c2)[which] + 0.5).astype(np.uint8)
+    if getattr(config, "grey", False):
+        # ITU-R 601 luma (what PIL's "L" mode and tf.image.rgb_to_grayscale use).
+        luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        image = np.repeat(np.floor(luma + 0.5).clip(0, 255).astype(np.uint8)[..., None], 3, -1)
     return dict(
         image=image,
         mask=mask[..., None].astype(np.uint8),
