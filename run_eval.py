@@ -28,8 +28,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from ssl_jax import errors  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Evaluator config, e.g. configs/eval/linear.py.",
                                 lock_config=True)
@@ -518,27 +520,12 @@ def run(config, outdir: str) -> dict:
     return record
 
 
-def main(argv):
-    del argv
+def main():
+    # Flags and the config file are checked before JAX and TensorFlow are imported (seconds).
+    errors.parse_flags(FLAGS, sys.argv)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every restore step at INFO
-    try:
-        run(FLAGS.config, FLAGS.outdir)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-
-
-def cli():
-    # Unknown config keys and malformed flags raise inside flag parsing: report them as one line.
-    try:
-        FLAGS(sys.argv)
-    except (flags.Error, KeyError, AttributeError, ValueError) as e:
-        lines = [line for line in str(e).strip().splitlines() if line.strip()]
-        # A config file's own error arrives wrapped in ml_collections' traceback text: its
-        # last line is the error itself.
-        msg = (lines[-1] if "Traceback" in str(e) else lines[0]) if lines else type(e).__name__
-        sys.exit(f"error: {msg}")
-    app.run(main, argv=[sys.argv[0]])
+    run(FLAGS.config, FLAGS.outdir)
 
 
 if __name__ == "__main__":
-    cli()
+    errors.run(main)

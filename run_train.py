@@ -1,7 +1,9 @@
 """Train a model: python run_train.py --config configs/simclr.py:smoke --workdir DIR [--config.KEY=VALUE]
 
-Resumes automatically from the newest checkpoint in DIR. With --distributed, calls
-jax.distributed.initialize() (coordinator/process flags, or the cluster's environment).
+Resumes automatically from the newest checkpoint in DIR; re-running a finished run says so and
+changes nothing. With --distributed, calls jax.distributed.initialize() (coordinator/process
+flags, or the cluster's environment). Errors: one line, exit code 2 (ssl_jax/errors.py;
+--debug shows the traceback).
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from ssl_jax import errors  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr.py:smoke.",
                                 lock_config=True)
@@ -26,8 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
+    # Flags and the config file are checked before JAX and TensorFlow are imported (seconds).
+    errors.parse_flags(FLAGS, sys.argv)
     import jax
     if FLAGS.distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -37,21 +42,8 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX
     from ssl_jax import train
     logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        train.train(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-
-
-def run():
-    # Unknown config keys and malformed flags raise inside flag parsing: report them as one line.
-    try:
-        FLAGS(sys.argv)
-    except (flags.Error, KeyError, AttributeError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        sys.exit(f"error: {msg}")
-    app.run(main, argv=[sys.argv[0]])
+    train.train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    run()
+    errors.run(main)

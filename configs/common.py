@@ -22,7 +22,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         if key not in defaults:
             raise ValueError(f"unknown config arg {key!r}; valid: {', '.join(sorted(defaults))}")
         kind = type(defaults[key])
-        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        if kind is bool:
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(f"config arg {key}={value!r} is not a bool; valid: true, false")
+            out[key] = value.lower() in ("1", "true", "yes")
+            continue
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"config arg {key}={value!r} is not a {kind.__name__} (default "
+                             f"{defaults[key]!r})") from None
     if "variant" in out and out.variant not in VARIANTS:
         raise ValueError(f"unknown config variant {out.variant!r}; valid: {', '.join(VARIANTS)}")
     return out

@@ -13,6 +13,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store
 
+from ssl_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Orbax's default jax.Array handler saves replicated arrays "replica-parallel": every replica
@@ -31,8 +33,8 @@ ocp.type_handlers.register_type_handler(
     override=True)
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """No readable checkpoint: an expected failure (one line at the command line)."""
 
 
 def make_manager(directory: str, keep: int, save_every: int, async_save: bool = True

@@ -9,9 +9,11 @@ from typing import Mapping
 
 import jax
 
+from ssl_jax.errors import UserError
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """A diverged run: an expected failure (one line at the command line, ssl_jax.errors)."""
 
 
 def check_finite(step: int, metrics: Mapping[str, float]) -> None:
