@@ -3,17 +3,23 @@
   python -m checkpoints_convert --list
   python -m checkpoints_convert --family moco --src moco_v2_800ep.pth.tar --out out/moco_v2 --verify
   python -m checkpoints_convert --to-torch --src out/moco_v2 --out moco_v2_torchvision.pth
+
+Nothing is written on any error (the output is built under a temporary name and renamed at the
+end). Errors are one line with exit code 2 (ssl_jax/errors.py; --debug shows the traceback);
+`--verify` beyond its tolerance is one too, and then writes nothing.
 """
-import argparse
-import sys
+import os
 import time
 
 from checkpoints_convert.families import FAMILIES
+from ssl_jax import errors
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m checkpoints_convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    import argparse
+
+    p = errors.ArgumentParser(prog="python -m checkpoints_convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--family", choices=sorted(FAMILIES), help="source checkpoint family")
     p.add_argument("--src", help="source .pth file (or, with --to-torch, a converted dir)")
@@ -21,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--padding", choices=("torch", "same", "simclr"),
                    help="override the family's ResNet padding mode")
     p.add_argument("--verify", action="store_true",
-                   help="run torch and Flax on random and natural images at 224 px and 197 px "
-                        "and print max |diff| per stage and output")
+                   help="run torch and Flax on random and natural images at 224 px and 197 px, "
+                        "print max |diff| per stage and output, and fail (writing nothing) "
+                        "beyond --tolerance")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="--verify's limit on max|diff| / max(1, max|torch|) (default 1e-3)")
     p.add_argument("--to-torch", action="store_true",
                    help="export a converted directory to a torchvision-named state_dict")
     p.add_argument("--unsafe-unpickle", action="store_true",
@@ -36,7 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.src or not args.out:
         p.error("--src and --out are required (or --list)")
+    # Checked before the (slow) read and conversion: the output must be new, the source there.
+    if os.path.lexists(args.out):
+        raise errors.UserError(f"--out {args.out!r} already exists; choose a new path (nothing "
+                               "is ever overwritten)")
     if args.to_torch:
+        from ssl_jax.models.load import read_metadata
+
+        if not os.path.isdir(args.src):
+            raise errors.UserError(f"--to-torch --src {args.src!r} is not a directory; it takes "
+                                   "a converted directory (the --out of a conversion)")
+        read_metadata(args.src)  # one line if it is not a converted directory
         from checkpoints_convert.export import converted_to_state_dict, save_state_dict
 
         sd = converted_to_state_dict(args.src)
@@ -44,32 +63,49 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.family:
         p.error("--family is required to convert (see --list)")
+    if not os.path.isfile(args.src):
+        raise errors.UserError(f"--src {args.src!r} does not exist (a .pth / .pth.tar file)")
+    if args.verify:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise errors.UserError("--verify needs torch (pip install torch); rerun without "
+                                   "--verify to convert only") from None
 
     from checkpoints_convert.convert import convert, read_checkpoint, sha256, write_converted
 
     start = time.perf_counter()
     raw = read_checkpoint(args.src, args.unsafe_unpickle)
     converted = convert(raw, args.family, args.padding,
-                        source={"file": args.src.rsplit("/", 1)[-1], "sha256": sha256(args.src)})
-    out = write_converted(converted, args.out)
+                        source={"file": os.path.basename(args.src), "sha256": sha256(args.src)})
+    check = None
+    if args.verify:
+        from checkpoints_convert.verify import TOLERANCE, beyond_tolerance, verify
+
+        tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+
+        def check(tmp_dir):
+            scales = {}
+            errs = verify(raw, tmp_dir, scales=scales)
+            print(f"worst max |diff|: {max(errs.values()):.3g}")
+            bad = beyond_tolerance(errs, scales, tolerance)
+            if bad:
+                worst = max(bad, key=lambda k: bad[k] / max(1.0, scales.get(k, 1.0)))
+                raise errors.UserError(
+                    f"--verify: {len(bad)} of {len(errs)} entries beyond tolerance {tolerance:g} "
+                    f"(worst {worst}: max|diff| {bad[worst]:.3g}, max|torch| "
+                    f"{scales.get(worst, float('nan')):.3g}); nothing written to {args.out}. "
+                    "Check --family and --padding")
+
+    out = write_converted(converted, args.out, check=check)
     meta = converted.metadata
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s: {meta['model']['name']} "
           f"{meta['model']['kwargs']}, heads {sorted(meta['heads'])}, dropped "
           f"{meta['dropped_keys']}")
     for note in meta["notes"]:
         print(f"note: {note}")
-    if args.verify:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("--verify needs torch; skipped")
-            return 0
-        from checkpoints_convert.verify import verify
-
-        errs = verify(raw, out)
-        print(f"worst max |diff|: {max(errs.values()):.3g}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.run(main)

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +36,49 @@ class Converted:
     metadata: dict[str, Any]
 
 
+# torch.save's legacy (non-zip) format starts with a pickled magic number: this LONG1 opcode
+# with its 10 bytes, right after the PROTO opcode (and FRAME, from pickle protocol 4 on).
+_LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def check_torch_file(path: str) -> None:
+    """Raise ValueError unless `path` is in one of torch.save's formats: a zip archive with a
+    `data.pkl` (torch >= 1.6) or a legacy pickle that starts with torch's magic number.
+
+    Run before any unpickling: a file that is not a torch checkpoint at all (random bytes, an
+    HTML error page saved as .pth) must be reported as such, never as a legacy file that
+    `--unsafe-unpickle` would load, since that would execute whatever it holds."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"source checkpoint {path!r} does not exist (--src)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{path} is a damaged zip archive ({e}): a truncated download? "
+                             "Fetch the checkpoint again") from None
+        if not any(n.endswith("data.pkl") for n in names):
+            raise ValueError(f"{path} is a zip archive but not a PyTorch checkpoint (no "
+                             f"data.pkl among {names[:5]})")
+        return
+    if not (head[:1] == b"\x80" and _LEGACY_TORCH_MAGIC in head[:32]):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its "
+                         f"legacy format; it starts with {head[:24]!r}); check --src, e.g. "
+                         "that the download saved the file and not an error page")
+
+
 def read_checkpoint(path: str, unsafe_unpickle: bool = False) -> Any:
-    """``torch.load`` on CPU with ``weights_only=True``.
+    """``torch.load`` on CPU with ``weights_only=True``, after `check_torch_file`.
 
     Legacy files that pickle other objects (argparse Namespaces, numpy scalars) need
     ``unsafe_unpickle=True``, which runs ``torch.load(weights_only=False)`` and so EXECUTES
     code embedded in the file: only for files you trust.
     """
+    check_torch_file(path)
     import torch  # optional dependency: only reading .pth files needs it
 
     if unsafe_unpickle:
@@ -50,11 +86,13 @@ def read_checkpoint(path: str, unsafe_unpickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle.UnpicklingError with a long explanation
-        if "weights_only" not in str(e):
-            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" not in str(e):  # a torch file that torch cannot read
+            raise ValueError(f"{path} is a damaged PyTorch checkpoint; torch said: {first}") \
+                from None
         raise ValueError(f"{path} needs full unpickling (it stores non-tensor objects); rerun "
                          f"with --unsafe-unpickle, which EXECUTES code from the file, only if "
-                         f"you trust it. torch said: {str(e).splitlines()[0]}") from None
+                         f"you trust it. torch said: {first}") from None
 
 
 def sha256(path: str) -> str:
@@ -246,12 +284,14 @@ def convert(raw: Any, family: str | Family, padding: str | None = None,
     return Converted(variables, metadata)
 
 
-def write_converted(converted: Converted, out_dir: str) -> str:
+def write_converted(converted: Converted, out_dir: str,
+                    check: Callable[[str], None] | None = None) -> str:
     """Write ``variables/`` (Orbax) and ``metadata.json`` into ``out_dir`` atomically.
 
     Everything is built in a temporary sibling directory renamed into place at the end, so a
-    failure leaves no ``out_dir``. Refuses to overwrite an existing path. Returns the absolute
-    path.
+    failure leaves no ``out_dir``; ``check(tmp_dir)`` (e.g. ``--verify``) runs on it before the
+    rename, so a failed check leaves nothing either. Refuses to overwrite an existing path.
+    Returns the absolute path.
     """
     import orbax.checkpoint as ocp  # heavy import, only needed to write
 
@@ -267,6 +307,8 @@ def write_converted(converted: Converted, out_dir: str) -> str:
         ckptr.wait_until_finished()
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(converted.metadata, f, indent=1, sort_keys=True)
+        if check is not None:
+            check(tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ Head keys are renamed to the torch-style names of the Flax head modules in
 import dataclasses
 from typing import Any
 
-from ssl_jax.methods.common import IMAGENET_MEAN, IMAGENET_STD
+from ssl_jax.data import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)

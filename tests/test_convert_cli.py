@@ -123,7 +123,7 @@ def test_cli_lists_and_converts(tmp_path, capsys):
     assert meta["input_convention"] == {"value_range": 1.0, "mean": [0.485, 0.456, 0.406],
                                         "std": [0.229, 0.224, 0.225], "channel_order": "RGB",
                                         "padding": "torch"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="argument --family: invalid choice: 'nope'"):
         cli.main(["--family", "nope", "--src", src, "--out", str(tmp_path / "p")])
 
 
@@ -137,6 +137,52 @@ def test_legacy_pickles_need_the_explicit_flag(tmp_path):
     assert not (tmp_path / "o").exists()
     raw = read_checkpoint(str(tmp_path / "old.pth"), unsafe_unpickle=True)
     assert convert(raw, "simclr_v1").metadata["ignored_entries"] == ["args"]
+
+
+def test_files_that_are_not_torch_checkpoints_are_never_sent_to_unpickling(tmp_path):
+    """Random bytes, an HTML error page or a plain pickle saved as .pth: "not a PyTorch
+    checkpoint", with or without --unsafe-unpickle (which would execute them); a torch file
+    that holds other objects still gets the --unsafe-unpickle advice."""
+    import pickle
+
+    files = {"random.pth": np.random.default_rng(0).bytes(4096),
+             "page.pth": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+             "plain.pth": pickle.dumps({"state_dict": {}}, protocol=2)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        for unsafe in (False, True):
+            with pytest.raises(ValueError, match="is not a PyTorch checkpoint") as e:
+                read_checkpoint(str(tmp_path / name), unsafe_unpickle=unsafe)
+            assert "unsafe" not in str(e.value)
+    sd = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], None, width=0.125).state_dict()
+    for legacy in (False, True):  # torch.save's zip and its legacy pickle format
+        path = tmp_path / f"args_{legacy}.pth"
+        torch.save({"state_dict": sd, "args": argparse.Namespace(lr=0.1)}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(ValueError, match="--unsafe-unpickle"):
+            read_checkpoint(str(path))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((tmp_path / "args_False.pth").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="damaged zip archive") as e:
+        read_checkpoint(str(truncated))
+    assert "unsafe" not in str(e.value)
+
+
+def test_verify_beyond_tolerance_fails_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from checkpoints_convert import verify as verify_mod
+
+    src, *_ = _moco(tmp_path)
+    # A converter bug stand-in: every entry off by 1 at max|torch| <= 1.
+    monkeypatch.setattr(verify_mod, "verify",
+                        lambda raw, d, scales=None, **kw: scales.update(a=1.0) or {"a": 1.0})
+    with pytest.raises(ValueError, match=r"--verify: 1 of 1 entries beyond tolerance 0.001 "
+                                         r"\(worst a: max\|diff\| 1"):
+        cli.main(["--family", "moco", "--src", src, "--out", str(tmp_path / "o"), "--verify"])
+    assert not (tmp_path / "o").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.tmp")]
+    assert verify_mod.beyond_tolerance({"x": 2e-4, "y": 5e-3, "z": float("nan")},
+                                       {"x": 4.5, "y": 4.5, "z": 1.0}) == {
+        "y": 5e-3, "z": pytest.approx(float("nan"), nan_ok=True)}
 
 
 @pytest.mark.parametrize("make, name", [

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 from ssl_jax import models
 
 # ImageNet statistics: every ssl_jax network takes images in [0, 1] and normalises inside, so
-# callers (evaluators, converters, users) never preprocess by hand.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# callers (evaluators, converters, users) never preprocess by hand. Defined in ssl_jax.data,
+# which imports nothing, so that the converter's CLI starts without JAX.
+from ssl_jax.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 
 
 def normalize(x: jnp.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jnp.ndarray:
