@@ -56,15 +56,43 @@ def config_from_spec(spec: str, variant: str) -> tuple[str, ml_collections.Confi
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-    """Apply one 'dotted.key=value' (the experiments' --override), cast to the current type."""
-    key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for name in parents:
-        node = node[name]
-    if leaf not in node:
-        raise ValueError(f"unknown config key {key!r}")
-    node[leaf] = _cast_like(node[leaf], value, key)
+    """Apply one 'dotted.key=value' (the experiments' --override), cast to the current type.
+    A bad item is a ValueError naming it, the close matches and the valid keys."""
+    import difflib
+
+    key, eq, value = item.partition("=")
+    if not eq:
+        raise ValueError(f"--override {item!r} is not KEY=VALUE (e.g. num_epochs=4)")
+    node, path = config, []
+    for name in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            prefix = "".join(f"{p}." for p in path)
+            close = difflib.get_close_matches(key, _dotted(config), n=3, cutoff=0.6)
+            near = f"did you mean {', '.join(close)}? " if close else ""
+            where = f"valid keys: {', '.join(prefix + k for k in valid)}" if valid else \
+                f"{prefix[:-1]!r} is a value, not a section"
+            raise ValueError(f"--override {item!r}: unknown config key {key!r}; {near}{where}")
+        node, path = node[name], path + [name]
+    parent = config
+    for name in path[:-1]:
+        parent = parent[name]
+    if isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"--override {item!r}: {key!r} is a section; set one of its keys: "
+                         f"{', '.join(f'{key}.{k}' for k in sorted(node.keys()))}")
+    try:
+        parent[path[-1]] = _cast_like(node, value, key)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--override {item!r}: {e}") from None
+
+
+def _dotted(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k in node.keys():
+        out.append(prefix + k)
+        if isinstance(node[k], ml_collections.ConfigDict):
+            out += _dotted(node[k], f"{prefix}{k}.")
+    return out
 
 
 def _cast_like(current, value: str, key: str):
@@ -75,7 +103,11 @@ def _cast_like(current, value: str, key: str):
         if value.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"config key {key!r} is a bool; got {value!r}, valid: true, false")
         return value.lower() in ("true", "1")
-    return type(current)(value)
+    try:
+        return type(current)(value)
+    except ValueError:
+        raise ValueError(f"config key {key!r} is a {type(current).__name__} (now "
+                         f"{current!r}); got {value!r}") from None
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:

@@ -23,11 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
-import jax  # noqa: E402
+from ssl_jax import errors  # noqa: E402
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/quickstart")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
@@ -45,24 +45,37 @@ def parse_args():
     return p.parse_args()
 
 
+def build_configs(args) -> dict:
+    """{run name: config} from --variant, --runs, --data_dir and --override; every bad value is
+    a ValueError naming its flag. Needs no JAX: runs before the heavy imports and before
+    anything is written."""
+    from configs.common import VARIANTS, apply_override, config_from_spec
+
+    if args.variant not in VARIANTS:
+        raise errors.UserError(f"--variant {args.variant!r} is unknown; valid: "
+                               f"{', '.join(VARIANTS)}")
+    try:
+        configs = dict(config_from_spec(spec, args.variant) for spec in args.runs.split(","))
+    except ValueError as e:  # unknown config or config arg: one line, naming the flag
+        raise errors.UserError(f"--runs: {e}") from None
+    for c in configs.values():
+        c.dataset.data_dir = args.data_dir
+        for item in args.override:
+            apply_override(c, item)
+    return configs
+
+
 def main():
     args = parse_args()
+    configs = build_configs(args)
+    import jax
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    from configs.common import apply_override, config_from_spec
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
     from ssl_jax.evaluation.frozen import evaluate_features, random_init, split_features
 
     os.makedirs(args.outdir, exist_ok=True)
-    try:
-        configs = dict(config_from_spec(spec, args.variant) for spec in args.runs.split(","))
-    except ValueError as e:  # unknown config or config arg: one line, naming the flag
-        raise SystemExit(f"--runs: {e}") from None
-    for c in configs.values():
-        c.dataset.data_dir = args.data_dir
-        for item in args.override:
-            apply_override(c, item)
 
     # --- Train (resumes if interrupted) ---
     timings = {}
@@ -113,6 +126,7 @@ def main():
 
 
 def write_report(outdir, configs, results, behaviours, timings):
+    import jax
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,4 +203,4 @@ def write_report(outdir, configs, results, behaviours, timings):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)
