@@ -11,7 +11,6 @@ wall time on a shared machine depends on what else runs.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import resource
@@ -21,6 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax.data import builtin  # noqa: E402
 
@@ -96,7 +96,7 @@ def example_grid(path: str, rows: int = 6, data_dir: str | None = None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="base64", help="a builder config name")
     parser.add_argument("--num-train", type=int, default=50_000)
     parser.add_argument("--all-splits", action="store_true",
@@ -127,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -22,7 +22,6 @@ GFLOP/s counts the useful work of the ssl_jax algorithm (Grams 2 b^2 p per layer
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -163,7 +163,7 @@ def useful_flops(widths, sizes):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--spatial", type=int, default=1)
@@ -227,4 +227,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

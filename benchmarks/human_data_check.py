@@ -1,7 +1,7 @@
 """Reproduce the human reference numbers of 002 from the model-vs-human raw CSVs.
 
     .venv/bin/python benchmarks/human_data_check.py \
-        --data /work/shared/data/model-vs-human-raw --out outputs/human_data_check
+        --data ../shared/data/model-vs-human-raw --out outputs/human_data_check
 
 Uses only ssl_jax's own functions (loader, error consistency, shape bias, plots) and writes:
   summary.json                  every number below
@@ -13,7 +13,6 @@ Published: human-vs-human mean kappa on cue-conflict 0.32 (002), human shape bia
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax.evaluation import distortions as D  # noqa: E402
 from ssl_jax.evaluation import error_consistency as E  # noqa: E402
@@ -59,11 +59,20 @@ def cue_conflict_arrays(trials: dict) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return pred, shape, texture
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "model-vs-human-raw")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/model-vs-human-raw")
+    ap = errors.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=DEFAULT_DATA,
+                    help="the model-vs-human raw-data folder (default: ../shared/data/"
+                         "model-vs-human-raw next to the repository)")
     ap.add_argument("--out", default="outputs/human_data_check")
     args = ap.parse_args()
+    if not os.path.isdir(os.path.join(args.data, "cue-conflict")):
+        raise errors.UserError(f"--data {args.data!r} is not the model-vs-human raw-data folder "
+                               "(no cue-conflict/ in it); pass --data")
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     summary: dict = {}
@@ -144,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -12,10 +12,14 @@ times, the ratio and the accuracy difference.
 """
 from __future__ import annotations
 
-import argparse
+import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 
 def make_features(n: int, n_test: int, dim: int, classes: int, sep: float, seed: int = 0):
@@ -57,7 +61,7 @@ def sklearn_004(train_x, train_y, test_x, test_y, num_grid: int, max_iter: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000, help="train+val examples")
     parser.add_argument("--n_test", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=512)
@@ -93,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -9,7 +9,6 @@ XLA:CPU threads (tracing slows the step; compare shares, not absolute numbers).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os
@@ -20,6 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 import ssl_jax  # noqa: E402,F401  (sets the Eigen-convolution flag before JAX starts)
 import simclr_throughput as bench  # noqa: E402
 
@@ -45,7 +45,7 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--trace_dir", default="/tmp/simclr_trace")
     p.add_argument("--top", type=int, default=12)
@@ -82,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

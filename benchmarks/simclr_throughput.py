@@ -48,6 +48,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 # The fastest setting of the sweep (docs/BENCHMARKS.md), the compare's default for the JAX side:
 # Eigen instead of YNNPACK convolutions, ~1.7x the work rate, same results up to f32 rounding.
@@ -362,7 +363,7 @@ def sweep(args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = errors.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--sweep", action="store_true", help="time the XLA CPU settings in SWEEP")
     p.add_argument("--only", default="", help="comma-separated SWEEP names (with --sweep)")
@@ -407,4 +408,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -12,7 +12,6 @@ also streamed separately and compared with `linear_cka` on those examples held i
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -22,6 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import jax  # noqa: E402
 
@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--p", type=int, default=2048)
     parser.add_argument("--chunk", type=int, default=4096)
@@ -89,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

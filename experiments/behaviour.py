@@ -19,7 +19,6 @@ Re-running resumes unfinished training; finished runs are evaluated again, not r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,11 +26,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/behaviour")
     p.add_argument("--data_dir", default=None,
                    help="TFDS data_dir (default: ~/tensorflow_datasets)")
@@ -119,4 +119,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

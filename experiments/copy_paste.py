@@ -13,7 +13,6 @@ only re-evaluates finished runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 import jax  # noqa: E402
@@ -30,7 +30,7 @@ CONDITIONS = {"none": None, "rbd": "rbd", "true_masks": "ground_truth"}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/copy_paste")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--dataset", default="shapes_textures/biased32")
@@ -166,4 +166,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

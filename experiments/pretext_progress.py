@@ -17,7 +17,6 @@ over the `--smooth` logged steps up to it (each checkpoint's own step is in its 
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -27,6 +26,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 import jax  # noqa: E402
@@ -37,7 +37,7 @@ SECTION = "pretext_progress"
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/pretext_progress")
     p.add_argument("--task", default="rotation",
                    choices=("rotation", "jigsaw", "counting", "colorization"))
@@ -327,4 +327,4 @@ def plot(summary: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

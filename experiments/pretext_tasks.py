@@ -11,7 +11,6 @@ subset (the report covers every run found in OUTDIR).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,12 +18,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pretext_progress as pp  # noqa: E402  (sets up sys.path, env and XLA flags)
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 SECTION = "pretext_tasks"
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/pretext_tasks")
     p.add_argument("--tasks", default="rotation,jigsaw,counting,colorization")
     p.add_argument("--models", default="alexnet_bn,resnet18")
@@ -151,4 +151,4 @@ def report(results: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

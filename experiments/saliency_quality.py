@@ -9,20 +9,20 @@ OUTDIR/saliency_quality.json and prints a markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/saliency_quality")
     p.add_argument("--configs", default="biased32,biased64",
                    help="comma-separated shapes_textures configs")
@@ -96,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
 import numpy as np  # noqa: E402
@@ -41,7 +42,7 @@ def published(name: str) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/similarity_sanity")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--dataset", default="shapes_textures/small32")
@@ -247,4 +248,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

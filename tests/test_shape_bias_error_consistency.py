@@ -10,10 +10,24 @@ from sklearn.metrics import cohen_kappa_score
 from ssl_jax.evaluation import error_consistency as E
 from ssl_jax.evaluation import shape_bias as S
 
-HUMAN_DATA = os.environ.get("SSL_JAX_HUMAN_DATA", "/work/shared/data/model-vs-human-raw")
-needs_human_data = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(HUMAN_DATA, "cue-conflict")),
-    reason=f"model-vs-human raw data not found at {HUMAN_DATA} (set SSL_JAX_HUMAN_DATA)")
+# The raw data lives in ../shared/data next to the repository (SSL_JAX_HUMAN_DATA overrides).
+# Locally a missing folder skips; under CI=true it fails, so CI never passes without it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HUMAN_DATA = os.environ.get("SSL_JAX_HUMAN_DATA", os.path.join(
+    os.path.dirname(ROOT), "shared", "data", "model-vs-human-raw"))
+_HAVE_HUMAN_DATA = os.path.isdir(os.path.join(HUMAN_DATA, "cue-conflict"))
+_MISSING = f"model-vs-human raw data not found at {HUMAN_DATA} (set SSL_JAX_HUMAN_DATA)"
+
+
+def needs_human_data(test):
+    if os.environ.get("CI", "").lower() == "true" and not _HAVE_HUMAN_DATA:
+        return pytest.mark.usefixtures("_fail_without_human_data")(test)
+    return pytest.mark.skipif(not _HAVE_HUMAN_DATA, reason=_MISSING)(test)
+
+
+@pytest.fixture
+def _fail_without_human_data():
+    pytest.fail(f"{_MISSING}; CI=true requires it")
 
 
 # ------------------------------------------------------------------------------- shape bias
