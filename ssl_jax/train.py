@@ -257,6 +257,24 @@ def load_trained(workdir: str, mesh=None, step: int | None = None):
 # The training loop
 # ---------------------------------------------------------------------------------------------
 
+def finished_run(workdir: str, step: int, meta: dict) -> dict[str, float]:
+    """A re-run of a finished run: says so and returns its final metrics. final_metrics.json is
+    written only when missing (a run killed between its last checkpoint and that file), from
+    the last checkpoint's metrics, which are the same record."""
+    path = os.path.join(workdir, "final_metrics.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            final = json.load(f)
+    else:
+        final = dict(meta.get("metrics") or {})
+        if jax.process_index() == 0:
+            with open(path, "w") as f:
+                json.dump(final, f, indent=2)
+    print(f"Run in {workdir} is complete (its last checkpoint is step {step}); nothing to do. Outputs are "
+          "unchanged; use a new --workdir to train again.", flush=True)
+    return final
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config.method` and return the final metrics. Resumes from the newest readable
     checkpoint in `workdir/checkpoints` when there is one."""
@@ -296,7 +314,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state = init_fn(init_rng)
         start = 0
     else:
-        start, state, _ = restored
+        start, state, saved_meta = restored
+        if start >= steps:
+            # Finished: nothing to train, so nothing is rewritten (no empty final_metrics.json,
+            # config.json, metrics.jsonl line or TensorBoard file).
+            manager.close()
+            return finished_run(workdir, start, saved_meta)
         log.info("resumed from %s at step %d", ckpt_dir, start)
         print(f"Resuming from checkpoint at step {start} in {ckpt_dir}", flush=True)
 

@@ -16,3 +16,16 @@ def smoke_cmd(workdir, data_dir, *extra) -> list[str]:
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def tree_checksums(root) -> dict[str, str]:
+    """{relative path: sha256} of every file under `root` (to show nothing was changed)."""
+    import hashlib
+
+    out = {}
+    for folder, _, files in os.walk(str(root)):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, str(root))] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -79,6 +79,30 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run,
         np.testing.assert_array_equal(a, b)
 
 
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(uninterrupted_run, tiny_data_dir,
+                                                             tmp_path, capsys):
+    import json
+    import shutil
+    workdir = tmp_path / "finished"
+    shutil.copytree(uninterrupted_run, workdir)
+    before = smoke_run.tree_checksums(workdir)
+    with open(workdir / "final_metrics.json") as f:
+        saved = json.load(f)
+    assert saved and "loss" in saved
+    config = simclr_config.get_config("smoke")  # the smoke command's config
+    config.dataset.data_dir = tiny_data_dir
+    config.eval.every_steps = 0
+    assert train.train(config, str(workdir)) == saved
+    assert f"Run in {workdir} is complete" in capsys.readouterr().out
+    assert smoke_run.tree_checksums(workdir) == before  # every output kept, nothing added
+    # Killed between the last checkpoint and final_metrics.json: the file is written from the
+    # last checkpoint's metrics (the same record).
+    os.remove(workdir / "final_metrics.json")
+    assert train.train(config, str(workdir)) == saved
+    with open(workdir / "final_metrics.json") as f:
+        assert json.load(f) == saved
+
+
 def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
     import json
     import ml_collections
