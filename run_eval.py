@@ -53,8 +53,10 @@ POOLINGS = ("gap", "flatten")
 def load_source(path: str, image_size: int, mesh) -> dict:
     """A run_train workdir or a converted zoo checkpoint as: a final-features function + its
     variables, a Linen apply function + variables (for sown layers), an identity for the
-    feature cache, and the evaluation defaults that go with it."""
+    feature cache (a hash of the restored variables: the checkpoint's content, not its path
+    or step), and the evaluation defaults that go with it."""
     from ssl_jax import models, train
+    from ssl_jax.evaluation.feature_cache import content_hash
     from ssl_jax.models.load import METADATA_FILE
 
     if not path:
@@ -72,7 +74,8 @@ def load_source(path: str, image_size: int, mesh) -> dict:
         return {"features_fn": features_fn, "variables": (variables,),
                 "apply_fn": module.apply, "module": module, "apply_variables": variables,
                 "features_index": None,
-                "identity": f"converted, mtime {os.path.getmtime(meta_path)}", "dataset": None,
+                "identity": f"converted, variables sha256 {content_hash(variables)}",
+                "dataset": None,
                 "data_dir": None, "train_split": None, "eval_split": None,
                 "image_size": image_size or 224, "crop_fraction": 0.875, "batch_size": 256,
                 "describe": f"converted {meta.get('family')} checkpoint"}
@@ -82,7 +85,9 @@ def load_source(path: str, image_size: int, mesh) -> dict:
             "apply_fn": method.net.apply, "module": method.net,
             "apply_variables": {"params": state.params, **state.model_state},
             "features_index": 0,  # every method's net returns (backbone features, ...)
-            "identity": f"step {int(state.step)}", "dataset": ds.name,
+            "identity": f"step {int(state.step)}, variables sha256 "
+                        f"{content_hash((state.params, state.model_state))}",
+            "dataset": ds.name,
             "data_dir": ds.data_dir, "train_split": ds.train_split,
             "eval_split": ds.eval_split, "image_size": image_size or ds.image_size,
             "crop_fraction": ds.eval_crop_fraction, "batch_size": config.eval.batch_size,
@@ -127,9 +132,10 @@ def batches(source: dict, data: dict, split: str, progress: bool, what: str,
                 disable=not progress)
 
 
-def cache_key(checkpoint: str, source: dict, data: dict, split: str, layer: str,
-              pooling: str) -> dict:
-    return {"checkpoint": os.path.abspath(checkpoint), "identity": source["identity"],
+def cache_key(source: dict, data: dict, split: str, layer: str, pooling: str) -> dict:
+    # Keyed by content (source["identity"]), not by the checkpoint's path: the same weights
+    # elsewhere hit, other weights at the same path and step miss.
+    return {"identity": source["identity"],
             "dataset": data["name"], "data_dir": data["data_dir"], "split": split,
             "layer": layer, "pooling": pooling, "image_size": source["image_size"],
             "crop_fraction": source["crop_fraction"]}
@@ -140,7 +146,7 @@ def final_features(ctx: dict, checkpoint: str, source: dict, split: str):
     from ssl_jax import train
     from ssl_jax.evaluation import feature_cache
 
-    key = cache_key(checkpoint, source, ctx["data"], split, "features", "backbone")
+    key = cache_key(source, ctx["data"], split, "features", "backbone")
     hit = feature_cache.load(ctx["cache_dir"], key)
     if hit is not None:
         ctx["cache_hits"].append(feature_cache.cache_path(ctx["cache_dir"], key))
@@ -198,7 +204,7 @@ def layer_features(ctx: dict, checkpoint: str, source: dict, split: str, layers:
     from ssl_jax.evaluation import feature_cache
     from ssl_jax.similarity.activations import capture
 
-    keys = {n: cache_key(checkpoint, source, ctx["data"], split, n, pooling) for n in layers}
+    keys = {n: cache_key(source, ctx["data"], split, n, pooling) for n in layers}
     feats, labels = {}, None
     for n, key in keys.items():
         hit = feature_cache.load(ctx["cache_dir"], key)

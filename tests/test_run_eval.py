@@ -73,6 +73,50 @@ def test_run_eval_all_evaluators_and_feature_cache(smoke_checkpoint, tmp_path):
         assert json.loads((tmp_path / d / "metrics.json").read_text())["evaluator"]
 
 
+def test_feature_cache_is_keyed_by_checkpoint_content(smoke_checkpoint, tmp_path, caplog):
+    """The same weights at another path hit the cache; other weights at the same path and step
+    (a workdir deleted and retrained, a checkpoint replaced) miss it; a corrupt entry is
+    recomputed, not an error."""
+    import shutil
+
+    import jax
+
+    from ssl_jax import checkpointing, train
+    from ssl_jax.evaluation import feature_cache
+
+    mesh = sharding.make_mesh()
+    data = {"name": "shapes_textures/tiny", "data_dir": None}
+    cache = str(tmp_path / "cache")
+    original = run_eval.load_source(smoke_checkpoint, 0, mesh)
+    key = run_eval.cache_key(original, data, "test", "features", "backbone")
+    feature_cache.save(cache, key, np.ones((3, 2), np.float32), np.arange(3))
+
+    moved = tmp_path / "moved"
+    shutil.copytree(smoke_checkpoint, moved)
+    same = run_eval.load_source(str(moved), 0, mesh)
+    assert feature_cache.load(cache, run_eval.cache_key(same, data, "test", "features",
+                                                        "backbone")) is not None
+
+    # "Retrain" the copy to the same step with other weights.
+    _, _, state = train.load_trained(str(moved), mesh)
+    shutil.rmtree(moved / "checkpoints" / "6")
+    manager = checkpointing.make_manager(str(moved / "checkpoints"), keep=None, save_every=1,
+                                         async_save=False)
+    checkpointing.save(manager, 6, state.replace(
+        params=jax.tree.map(lambda p: p * 1.01, state.params)), {"metrics": {}}, force=True)
+    manager.close()
+    retrained = run_eval.load_source(str(moved), 0, mesh)
+    assert "step 6" in retrained["identity"] and "step 6" in original["identity"]
+    assert feature_cache.load(cache, run_eval.cache_key(retrained, data, "test", "features",
+                                                        "backbone")) is None
+
+    with open(feature_cache.cache_path(cache, key), "wb") as f:
+        f.write(b"not an npz")
+    with caplog.at_level("WARNING"):
+        assert feature_cache.load(cache, key) is None
+    assert "is unreadable" in caplog.text and "recomputing" in caplog.text
+
+
 def test_default_layers_are_the_stages_in_forward_order(smoke_checkpoint):
     source = run_eval.load_source(smoke_checkpoint, 0, sharding.make_mesh())
     names = run_eval.sown_layers(source, source["image_size"])
