@@ -493,16 +493,30 @@ EVALUATE = {"linear": eval_linear, "per_layer": eval_per_layer, "confusion": eva
             "attention": eval_attention}
 
 
+def check_config(config) -> None:
+    """What can be checked without JAX or TensorFlow (a bad command fails in a second): the
+    evaluator, and that every checkpoint directory named exists."""
+    if config.evaluator not in EVALUATE:
+        raise ValueError(f"unknown evaluator {config.evaluator!r}; valid: "
+                         f"{', '.join(EVALUATORS)}")
+    if not config.checkpoint:
+        raise ValueError("--config.checkpoint is required (a run_train workdir or a converted "
+                         "checkpoint directory)")
+    for key in ("checkpoint", "checkpoint_b", "reference"):
+        path = config.get(key)
+        if path and not os.path.isdir(path):
+            raise FileNotFoundError(f"--config.{key}={path}: no such directory; pass a "
+                                    "run_train workdir or a converted checkpoint directory")
+
+
 def run(config, outdir: str) -> dict:
     """Runs `config.evaluator`; writes OUTDIR/metrics.json, figures and report.md; returns the
     metrics.json record."""
+    check_config(config)
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX
     from ssl_jax import sharding
 
-    if config.evaluator not in EVALUATE:
-        raise ValueError(f"unknown evaluator {config.evaluator!r}; valid: "
-                         f"{', '.join(EVALUATORS)}")
     mesh = sharding.make_mesh()
     source = load_source(config.checkpoint, config.image_size, mesh)
     data = open_data(config, source)

@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.UserError(f"--out {args.out!r} already exists; choose a new path (nothing "
                                "is ever overwritten)")
     if args.to_torch:
-        from ssl_jax.models.load import read_metadata
-
         if not os.path.isdir(args.src):
             raise errors.UserError(f"--to-torch --src {args.src!r} is not a directory; it takes "
                                    "a converted directory (the --out of a conversion)")
+        from ssl_jax.models.load import read_metadata
+
         read_metadata(args.src)  # one line if it is not a converted directory
         from checkpoints_convert.export import converted_to_state_dict, save_state_dict
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {save_state_dict(sd, args.out)} ({len(sd)} keys)")
         return 0
     if not args.family:
-        p.error("--family is required to convert (see --list)")
+        p.error("--family is required to convert; --list shows the families")
     if not os.path.isfile(args.src):
         raise errors.UserError(f"--src {args.src!r} does not exist (a .pth / .pth.tar file)")
     if args.verify:

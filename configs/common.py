@@ -30,7 +30,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         try:
             out[key] = kind(value)
         except ValueError:
-            raise ValueError(f"config arg {key}={value!r} is not a {kind.__name__} (default "
+            raise ValueError(f"config arg {key}={value!r}: expected {kind.__name__} (default "
                              f"{defaults[key]!r})") from None
     if "variant" in out and out.variant not in VARIANTS:
         raise ValueError(f"unknown config variant {out.variant!r}; valid: {', '.join(VARIANTS)}")
@@ -106,8 +106,8 @@ def _cast_like(current, value: str, key: str):
     try:
         return type(current)(value)
     except ValueError:
-        raise ValueError(f"config key {key!r} is a {type(current).__name__} (now "
-                         f"{current!r}); got {value!r}") from None
+        raise ValueError(f"config key {key!r}: expected {type(current).__name__} (now "
+                         f"{current!r}), got {value!r}") from None
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:

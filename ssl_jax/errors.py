@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable
@@ -121,9 +122,10 @@ def _check_config_file(flag: str, spec: str) -> None:
         return
     folder = os.path.dirname(path) or "."
     if os.path.isdir(folder):
-        there = sorted(os.path.join(os.path.dirname(path), f) for f in os.listdir(folder)
+        there = sorted(f for f in os.listdir(folder)
                        if f.endswith(".py") and _defines_get_config(os.path.join(folder, f)))
-        valid = _rank(path, there)
+        valid = [os.path.join(os.path.dirname(path), f)
+                 for f in _rank(os.path.basename(path), there)]
         hint = f"; valid: {', '.join(valid)}" if valid else ""
     else:
         hint = f" (no folder {folder!r})"
@@ -146,6 +148,10 @@ def _flag_error_message(e: Exception) -> str:
             reason = reason.split(": ", 1)[1]
         head = lines[0].split(": Error whilst parsing", 1)[0]
         return f"{head}: {reason}"
+    required = re.fullmatch(r"flag --(\S+)=None: Flag --\S+ must have a value other than None\.",
+                            one_line(text))
+    if required:
+        return f"--{required[1]} is required (see --help)"
     return one_line(text) or type(e).__name__
 
 

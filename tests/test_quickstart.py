@@ -37,5 +37,6 @@ def test_quickstart_unknown_run_is_a_one_line_error(tmp_path):
         [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), "--outdir",
          str(tmp_path), "--runs", "simclr,nosuch"], cwd=ROOT, capture_output=True, text=True,
         timeout=300)
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith("--runs: unknown run 'nosuch'; valid:")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: --runs: unknown run 'nosuch'; valid:")

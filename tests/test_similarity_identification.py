@@ -85,5 +85,5 @@ def test_sanity_script_fills_symmetric_by_transpose_and_asymmetric_in_both_order
     sym = script.similarity_tensor(acts, first, symmetric=True, desc="t")
     assert sym[2, 0, 1, 0] == sym[0, 2, 0, 1] == 0.0 - 10.5  # computed once for (0, 2)
     assert np.isnan(sym[1, 1]).all()
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--seeds must be >= 2"):  # one line at the CLI
         script.parse_args(["--seeds", "1"])
