@@ -392,7 +392,7 @@ def main() -> None:
     if args.gpu:
         import jax
         if jax.default_backend() != "gpu":
-            raise SystemExit(f"--gpu needs a GPU backend; jax.default_backend() is "
+            raise errors.UserError(f"--gpu needs a GPU backend; jax.default_backend() is "
                              f"{jax.default_backend()!r}")
         args.model, args.compute_dtype, args.batch, args.size = "resnet50", "bfloat16", 256, 224
         result = run_jax(args)

@@ -68,25 +68,25 @@ def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> lis
 
 def main():
     args = parse_args()
+    from configs.common import apply_override, config_from_spec
+
+    configs = {}  # built first: a bad --methods / --override fails before the heavy imports
+    for spec in args.methods.split(","):
+        try:
+            name, c = config_from_spec(spec, args.variant)
+        except ValueError as e:
+            raise errors.UserError(f"--methods: {e}") from None
+        c.dataset.name, c.dataset.data_dir = args.dataset, args.data_dir
+        for item in args.override:
+            apply_override(c, item)
+        configs[name] = c
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    from configs.common import apply_override, config_from_spec
     from ssl_jax import sharding, train
     from ssl_jax.data import pipeline
     from ssl_jax.evaluation import behaviour
 
     os.makedirs(args.outdir, exist_ok=True)
-    configs = {}
-    for spec in args.methods.split(","):
-        try:
-            name, c = config_from_spec(spec, args.variant)
-        except ValueError as e:
-            raise SystemExit(f"--methods: {e}") from None
-        c.dataset.name, c.dataset.data_dir = args.dataset, args.data_dir
-        for item in args.override:
-            apply_override(c, item)
-        configs[name] = c
-
     timings = {}
     for name, config in configs.items():
         t0 = time.time()

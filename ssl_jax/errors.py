@@ -60,6 +60,8 @@ def run(main: Callable[..., Any], *args: Any) -> None:
         code = main(*args)
     except KeyboardInterrupt:
         # Not a failure of the program: no traceback; 130 is the shell's code for SIGINT.
+        if debug:
+            traceback.print_exc()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except EXPECTED as e:

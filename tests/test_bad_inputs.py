@@ -111,6 +111,8 @@ CASES = [
     ("quickstart-bad-variant", QUICK + ["--variant", "bogus"], ["--variant 'bogus'"]),
     ("quickstart-bad-run", QUICK + ["--runs", "simclr,nosuch"], ["--runs", "'nosuch'"]),
     ("quickstart-bad-int", QUICK + ["--probe_grid", "x"], ["--probe_grid", "'x'"]),
+    ("behaviour-bad-method", [PY, "experiments/behaviour.py", "--outdir", "{old}", "--methods",
+                              "byol:epochs=x"], ["--methods", "epochs='x'"]),
     # benchmarks
     ("bench-human-data-missing", [PY, "benchmarks/human_data_check.py", "--data", "{new}",
                                   "--out", "{old}"], ["--data '{new}'"]),
@@ -169,7 +171,16 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(argv, expected, inputs
 
 def test_at_least_30_cases_over_every_kind_of_entry_point():
     kinds = {c[0].split("-")[0] for c in CASES}
-    assert len(CASES) >= 30 and kinds == {"train", "eval", "convert", "quickstart", "bench"}
+    assert len(CASES) >= 30 and kinds == {"train", "eval", "convert", "quickstart", "behaviour",
+                                          "bench"}
+
+
+def test_the_trainers_failures_are_expected_errors():
+    """A NaN loss and "no readable checkpoint" end as one line, not a traceback."""
+    from ssl_jax import checkpointing, errors, metrics
+
+    assert issubclass(metrics.NonFiniteLossError, errors.UserError)
+    assert issubclass(checkpointing.CheckpointError, errors.UserError)
 
 
 # ------------------------------------------------------------------------- the policy itself
