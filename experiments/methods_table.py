@@ -14,7 +14,6 @@ and reuses finished evaluations (OUTDIR/<run>/eval.json).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,12 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
+from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 DEFAULT_RUNS = "simclr,simclr:version=2,byol,moco,moco:version=1,insdis,supervised"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="runs/methods_table")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
     p.add_argument("--runs", default=DEFAULT_RUNS,
@@ -49,10 +49,18 @@ def parse_args(argv=None):
 def run_configs(args) -> dict[str, object]:
     """{run dir name: config} for every (run spec, seed)."""
     from configs.common import apply_override, config_from_spec
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise errors.UserError(f"--seeds {args.seeds!r}: expected comma-separated integers, "
+                               "e.g. 0,1") from None
     out = {}
     for spec in args.runs.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            name, config = config_from_spec(spec, "quickstart")
+        for seed in seeds:
+            try:
+                name, config = config_from_spec(spec, "quickstart")
+            except ValueError as e:
+                raise errors.UserError(f"--runs: {e}") from None
             config.seed = seed
             config.dataset.data_dir = args.data_dir
             for item in args.override:
@@ -83,15 +91,12 @@ def summarise(values: list[float]) -> tuple[float, float]:
 
 def main(argv=None):
     args = parse_args(argv)
+    runs = run_configs(args)  # before the heavy imports: a bad flag fails in a second
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from ssl_jax import sharding, train
     from ssl_jax.evaluation.frozen import evaluate_features, random_init, split_features
 
-    try:
-        runs = run_configs(args)
-    except ValueError as e:
-        raise SystemExit(f"--runs/--override: {e}") from None
     os.makedirs(args.outdir, exist_ok=True)
     mesh = sharding.make_mesh()
 
@@ -203,4 +208,4 @@ def write_table(args, runs, results):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -68,7 +68,6 @@ def build_configs(args) -> dict:
 def main():
     args = parse_args()
     configs = build_configs(args)
-    import jax
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from ssl_jax import sharding, train

@@ -113,6 +113,8 @@ CASES = [
     ("quickstart-bad-int", QUICK + ["--probe_grid", "x"], ["--probe_grid", "'x'"]),
     ("behaviour-bad-method", [PY, "experiments/behaviour.py", "--outdir", "{old}", "--methods",
                               "byol:epochs=x"], ["--methods", "epochs='x'"]),
+    ("methods_table-bad-seeds", [PY, "experiments/methods_table.py", "--outdir", "{old}",
+                                 "--seeds", "0,x"], ["--seeds '0,x'"]),
     # benchmarks
     ("bench-human-data-missing", [PY, "benchmarks/human_data_check.py", "--data", "{new}",
                                   "--out", "{old}"], ["--data '{new}'"]),
@@ -172,7 +174,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(argv, expected, inputs
 def test_at_least_30_cases_over_every_kind_of_entry_point():
     kinds = {c[0].split("-")[0] for c in CASES}
     assert len(CASES) >= 30 and kinds == {"train", "eval", "convert", "quickstart", "behaviour",
-                                          "bench"}
+                                          "methods_table", "bench"}
 
 
 def test_the_trainers_failures_are_expected_errors():
