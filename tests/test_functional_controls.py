@@ -21,7 +21,7 @@ Sizes are tiny so the default run stays cheap: 256 images of the built-in `tiny`
 network. Views are made on the host by a seeded crop / flip / colour-gain augmentation, and the
 trainer's device augmentation is the identity. Every method trains with AdamW (lr 3e-3; BYOL
 1e-2) from its smoke config, with the few time constants a 200-step run needs (noted at each
-test); a real run and its control share the initial network, the batches and the compile.
+test); a real run and its control share the initial network, the image set and the compile.
 """
 import math
 
