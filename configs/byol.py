@@ -8,7 +8,8 @@ parameters excluded from decay and trust ratio.
 Variants: smoke (a few steps on the tiny built-in dataset), quickstart (built-in dataset, CPU
 minutes), cifar10 (R18 CIFAR stem, 800 epochs), imagenet (R50, batch 4096, 300 epochs, bf16;
 the reference's 300-epoch settings: lr 0.3, wd 1e-6, base_ema 0.99).
-Args: `configs/byol.py:VARIANT[,epochs=E,width=W]`; any field: `--config.byol.base_ema=0.996`.
+Args: `configs/byol.py:VARIANT[,epochs=E,width=W]`; any field: `--config.byol.base_ema=0.996`,
+`--config.byol.predictor=False` (no predictor: a collapse control, not a method).
 """
 from configs.common import base_config, parse_arg
 import ml_collections
@@ -19,8 +20,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(a.variant)
     c.method = "byol"
     # The reference's 4096/256 MLPs (projector and predictor share the architecture).
+    # predictor=False drops the predictor (online output = projection): with tau = 0 the
+    # collapse control of Grill et al. section 5 (tests/test_functional_controls.py; tau = 0 at
+    # every step needs base_ema 0 AND total_steps >> the steps taken, since the cosine
+    # schedule raises tau from base_ema to 1 over total_steps).
     c.byol = ml_collections.ConfigDict(dict(base_ema=0.99, proj_hidden_dim=4096,
-                                            pred_hidden_dim=4096, proj_dim=256))
+                                            pred_hidden_dim=4096, proj_dim=256, predictor=True))
     c.augment.update(preset="byol")
     if a.variant == "smoke":
         c.byol.update(proj_hidden_dim=64, pred_hidden_dim=64, proj_dim=32)

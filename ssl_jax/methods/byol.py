@@ -13,6 +13,9 @@ The target lives outside `params`, so it is never differentiated and the optimiz
 Each view goes through the networks in its own forward pass (as the reference does), so BN
 statistics are per view over the global batch; the online BN running averages are updated by
 view 1 then view 2.
+
+`byol.predictor=False` drops the predictor (online output = projection): with tau = 0 this is
+the collapse control of Grill et al. (section 5), tested in tests/test_functional_controls.py.
 """
 from __future__ import annotations
 
@@ -38,20 +41,22 @@ def target_ema(step: jax.Array | int, total_steps: int, base_ema: float) -> jax.
 
 
 class BYOLNet(nn.Module):
-    """backbone -> projector [-> predictor]. Returns (h, z, p) with p None when not `predict`.
+    """backbone -> projector [-> predictor]. Returns (h, z, p) with p None when not `predict`;
+    without a predictor (`predictor=None`, the collapse control) p = z.
 
     The target network is this module applied with `predict=False` to params without the
     `predictor` subtree."""
     backbone: nn.Module
     projector: nn.Module
-    predictor: nn.Module
+    predictor: nn.Module | None
 
     @nn.compact
     def __call__(self, x, train: bool, predict: bool = True):
         h = self.backbone(normalize(x), train=train)
         z = self.projector(h, train=train)
-        p = self.predictor(z, train=train) if predict else None
-        return h, z, p
+        if not predict:
+            return h, z, None
+        return h, z, z if self.predictor is None else self.predictor(z, train=train)
 
 
 def _target_of(params):
@@ -64,10 +69,12 @@ class Method:
 
     def __init__(self, config):
         cfg = config.byol
+        # Configs saved before `predictor` existed had one.
+        predictor = (heads.Predictor(hidden_dim=cfg.pred_hidden_dim, out_dim=cfg.proj_dim)
+                     if cfg.get("predictor", True) else None)
         self.net = BYOLNet(
             build_backbone(config),
-            heads.Predictor(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim),
-            heads.Predictor(hidden_dim=cfg.pred_hidden_dim, out_dim=cfg.proj_dim))
+            heads.Predictor(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim), predictor)
         if not 0.0 <= cfg.base_ema <= 1.0:
             raise ValueError(f"byol.base_ema={cfg.base_ema} must be in [0, 1]")
         self.base_ema = float(cfg.base_ema)
@@ -82,9 +89,9 @@ class Method:
         return params, {**model_state, "target": target}
 
     def _online(self, params, batch_stats, x):
-        (_, _, p), new = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
+        (_, z, p), new = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
                                         train=True, mutable=["batch_stats"])
-        return p, new["batch_stats"]
+        return z, p, new["batch_stats"]
 
     def _target(self, target, batch_stats, x):
         (_, z, _), new = self.net.apply({"params": target["params"], "batch_stats": batch_stats},
@@ -95,8 +102,8 @@ class Method:
         del labels, rng
         v1, v2 = views[:, 0], views[:, 1]
         target = model_state["target"]
-        p1, bs = self._online(params, model_state["batch_stats"], v1)
-        p2, bs = self._online(params, bs, v2)
+        online_z1, p1, bs = self._online(params, model_state["batch_stats"], v1)
+        _, p2, bs = self._online(params, bs, v2)
         z1, tbs = self._target(target, target["batch_stats"], v1)
         z2, tbs = self._target(target, tbs, v2)
         per_example = losses.byol_regression(p1, z2) + losses.byol_regression(p2, z1)
@@ -104,7 +111,15 @@ class Method:
         cos = 1.0 - 0.25 * per_example  # mean of the two cosines
         new_state = {**model_state, "batch_stats": bs,
                      "target": {"params": target["params"], "batch_stats": tbs}}
-        return loss, (new_state, {"loss": loss, "cosine_similarity": cos.mean()})
+        # Diagnostics (no gradient): how often p1_i's nearest target projection z2'_j is its
+        # own image's (chance 1/B), and the mean over dimensions of the batch std of the
+        # L2-normalised online projection (~1/sqrt(D) when spread out, 0 when collapsed).
+        retrieval = losses.contrastive_accuracy(losses.l2_normalize(p1), losses.l2_normalize(z2))
+        spread = jnp.std(losses.l2_normalize(online_z1), axis=0).mean()
+        metrics = {"loss": loss, "cosine_similarity": cos.mean(),
+                   "retrieval_accuracy": jax.lax.stop_gradient(retrieval),
+                   "projection_std": jax.lax.stop_gradient(spread)}
+        return loss, (new_state, metrics)
 
     def features(self, params, model_state, images):
         """Online backbone features [B, D] (eval-mode BN)."""
