@@ -142,11 +142,15 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
     if variant in ("smoke", "quickstart"):
         # quickstart keeps torchvision's strided stem even at 32 px: 8x8 maps after the stem
         # train ~8x faster on 2 CPU cores than the CIFAR stem's 32x32, which is what lets four
-        # methods fit the 15-minute main job (README "Measured").
+        # methods fit the 15-minute main job (README "Measured"). Its data, faintgrey32
+        # (upright shapes, faint textures, grey levels), is where a few hundred steps of
+        # every self-supervised method learn shape: on small32 (rotated, strong textures,
+        # colour) only SimCLR beat random-init features (docs/METHODS.md, "The quickstart
+        # setting").
         c.model.update(width=0.125 if variant == "smoke" else 0.25,
                        cifar_stem=variant == "smoke")
         c.dataset.update(name="shapes_textures/tiny" if variant == "smoke"
-                         else "shapes_textures/small32", train_split="train", eval_split="test",
+                         else "shapes_textures/faintgrey32", train_split="train", eval_split="test",
                          image_size=32, num_classes=10, eval_crop_fraction=1.0, cache=True)
     if variant == "smoke":
         c.num_steps = 6
