@@ -35,7 +35,10 @@ def build_optimizer(name: str, schedule: optax.Schedule, weight_decay: float,
         return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
                            optax.sgd(schedule, momentum=momentum))
     if name == "lars":
-        # optax.lars: decay, then trust ratio eta*||w||/||g + wd*w||, then momentum — BYOL's order.
+        # optax.lars: decay, then trust ratio eta*||w||/||g + wd*w||, then the learning rate,
+        # then momentum (v <- m v + lr u; SimCLR's LARSOptimizer). BYOL's reference applies
+        # the rate after momentum (v <- m v + u, w -= lr v); the two differ only while the
+        # rate changes, most in warmup (the step-0 gradient at lr 0 never enters v here).
         return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
                           trust_coefficient=lars_eta, trust_ratio_mask=decay_mask,
                           momentum=momentum)

@@ -147,6 +147,38 @@ def torch_backbone(config):
     return _use_biased_variance_bn(net)
 
 
+def simclr_net(config):
+    backbone = torch_backbone(config)
+    d, cfg = backbone.inplanes, config.simclr
+    head = (MLP([d, d, cfg.proj_dim]) if cfg.head == "v1" else
+            MLP([d] * cfg.head_layers + [cfg.proj_dim], v2=True))
+    return Net(backbone, head=head)
+
+
+def supervised_net(config):
+    backbone = torch_backbone(config)
+    return Net(backbone, fc=nn.Linear(backbone.inplanes, config.dataset.num_classes))
+
+
+def byol_online_net(config):
+    backbone = torch_backbone(config)
+    d, cfg = backbone.inplanes, config.byol
+    return Net(backbone, projector=MLP([d, cfg.proj_hidden_dim, cfg.proj_dim], bn=True),
+               predictor=MLP([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim], bn=True))
+
+
+def moco_net(config):
+    backbone = torch_backbone(config)
+    d, cfg = backbone.inplanes, config.moco
+    return Net(backbone, head=MLP([d, cfg.proj_dim]) if cfg.version == 1 else
+               MLP([d, d, cfg.proj_dim]))
+
+
+def insdis_net(config):
+    backbone = torch_backbone(config)
+    return Net(backbone, embed=nn.Linear(backbone.inplanes, config.insdis.embed_dim))
+
+
 def lr_at(step, config, total_steps):
     """Linear warmup from 0, then half-cosine to 0; peak = base_lr * batch / 256 (SimCLR/BYOL
     batch scaling), written from the papers' schedule description."""
@@ -247,12 +279,7 @@ class TorchMethod:
 class TorchSimCLR(TorchMethod):
     def __init__(self, config, total_steps, weights, dtype=torch.float32):
         super().__init__(config, total_steps, dtype)
-        backbone = torch_backbone(config)
-        d = backbone.inplanes
-        cfg = config.simclr
-        head = (MLP([d, d, cfg.proj_dim]) if cfg.head == "v1" else
-                MLP([d] * cfg.head_layers + [cfg.proj_dim], v2=True))
-        self.net = Net(backbone, head=head).to(dtype)
+        self.net = simclr_net(config).to(dtype)
         self.net.load_state_dict(weights["net"])
         self.opt = make_optimizer(config, self.net)
 
@@ -277,9 +304,7 @@ class TorchSimCLR(TorchMethod):
 class TorchSupervised(TorchMethod):
     def __init__(self, config, total_steps, weights, dtype=torch.float32):
         super().__init__(config, total_steps, dtype)
-        backbone = torch_backbone(config)
-        self.net = Net(backbone, fc=nn.Linear(backbone.inplanes, config.dataset.num_classes)
-                       ).to(dtype)
+        self.net = supervised_net(config).to(dtype)
         self.net.load_state_dict(weights["net"])
         self.opt = make_optimizer(config, self.net)
 
@@ -297,14 +322,10 @@ class TorchSupervised(TorchMethod):
 class TorchBYOL(TorchMethod):
     def __init__(self, config, total_steps, weights, dtype=torch.float32):
         super().__init__(config, total_steps, dtype)
-        cfg = config.byol
-        backbone = torch_backbone(config)
-        d = backbone.inplanes
-        self.online = Net(backbone, projector=MLP([d, cfg.proj_hidden_dim, cfg.proj_dim], bn=True),
-                          predictor=MLP([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim], bn=True)
-                          ).to(dtype)
+        self.online = byol_online_net(config).to(dtype)
         self.online.load_state_dict(weights["online"])
-        self.target = Net(copy.deepcopy(backbone), projector=copy.deepcopy(self.online.projector))
+        self.target = Net(copy.deepcopy(self.online.backbone),
+                          projector=copy.deepcopy(self.online.projector))
         self.target.load_state_dict(weights["target"])
         self.opt = make_optimizer(config, self.online)
 
@@ -338,11 +359,7 @@ class TorchMoCo(TorchMethod):
     def __init__(self, config, total_steps, weights, dtype=torch.float32, permutations=None,
                  splits=1):
         super().__init__(config, total_steps, dtype)
-        cfg = config.moco
-        backbone = torch_backbone(config)
-        d = backbone.inplanes
-        head = MLP([d, cfg.proj_dim]) if cfg.version == 1 else MLP([d, d, cfg.proj_dim])
-        self.query = Net(backbone, head=head).to(dtype)
+        self.query = moco_net(config).to(dtype)
         self.query.load_state_dict(weights["query"])
         self.key = copy.deepcopy(self.query)
         self.key.load_state_dict(weights["key"])
@@ -400,9 +417,7 @@ class TorchMoCo(TorchMethod):
 class TorchInsDis(TorchMethod):
     def __init__(self, config, total_steps, weights, negatives, dtype=torch.float32):
         super().__init__(config, total_steps, dtype)
-        backbone = torch_backbone(config)
-        self.net = Net(backbone, embed=nn.Linear(backbone.inplanes, config.insdis.embed_dim)
-                       ).to(dtype)
+        self.net = insdis_net(config).to(dtype)
         self.net.load_state_dict(weights["net"])
         self.bank = torch.from_numpy(weights["memory"]["bank"].copy()).to(dtype)
         self.z = float(weights["memory"]["z"])
@@ -576,7 +591,11 @@ def run_jax(method, config, steps, batches):
     """The trainer's step (loss, optimizer, after_update) for each batch. Returns
     (state before, [losses], step-1 grads, state after)."""
     schedule, tx = train.build_optimizer(config, steps)
-    state = train.init_state(method, tx, jax.random.key(config.seed), (SIZE, SIZE, 3))
+    # Jitted, with an "rbg" key: an eager Flax init of the ResNet costs ~15 s of CPU, and so
+    # does compiling it with threefry keys; rbg compiles in ~3 s. (Any init will do: both
+    # sides start from whatever weights this gives.)
+    state = jax.jit(lambda rng: train.init_state(method, tx, rng, (SIZE, SIZE, 3)))(
+        jax.random.key(config.seed, impl="rbg"))
     preset = identity_preset(method.num_views)
     step_fn = train.make_train_step(method, tx, preset, schedule)
 
@@ -641,6 +660,16 @@ def check_parity(name, config, steps, jax_method, make_torch, report):
     assert errors["losses"] <= STATE_TOL, errors
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The torch side is tiny; its default thread pool only spins against the other pytest
+    worker on a 2-core machine (2-3x the CPU time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def report():
     def _report(name, errors, jax_losses, torch_losses):
@@ -673,16 +702,10 @@ def test_byol_three_steps_match_pytorch(report):
 
 
 @pytest.mark.parametrize("version", [2, 1])
-def test_moco_sync_bn_three_steps_match_pytorch(version, report):
-    config, steps = parity_config("moco", f"version={version}", **{"moco.bn": "sync"})
-    check_parity("moco", config, steps, get_method("moco", config),
-                 lambda c, s, w, d: TorchMoCo(c, s, w, d), report)
-
-
-def test_moco_shuffle_bn_on_two_devices_matches_split_bn_in_pytorch(report):
-    """Shuffle-BN over a 2-device mesh == split BatchNorm (2 splits) of the key batch permuted
-    by the same permutation (the one the trainer's step RNG draws)."""
-    config, steps = parity_config("moco")
+def test_moco_shuffle_bn_on_two_devices_matches_split_bn_in_pytorch(version, report):
+    """The default `moco.bn=shuffle` over a 2-device mesh == split BatchNorm (2 splits) of the
+    key batch permuted by the same permutation (the one the trainer's step RNG draws)."""
+    config, steps = parity_config("moco", f"version={version}")
     assert config.moco.bn == "shuffle"
     mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
     method = moco.Method(config, mesh=mesh)
@@ -691,6 +714,14 @@ def test_moco_shuffle_bn_on_two_devices_matches_split_bn_in_pytorch(report):
         jax.random.split(jax.random.fold_in(STEP_RNG, k))[1], BATCH)) for k in range(STEPS)]
     check_parity("moco", config, steps, method,
                  lambda c, s, w, d: TorchMoCo(c, s, w, d, permutations=perms, splits=2), report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [2, 1])
+def test_moco_sync_bn_three_steps_match_pytorch(version, report):
+    config, steps = parity_config("moco", f"version={version}", **{"moco.bn": "sync"})
+    check_parity("moco", config, steps, get_method("moco", config),
+                 lambda c, s, w, d: TorchMoCo(c, s, w, d), report)
 
 
 def test_insdis_three_steps_match_pytorch(monkeypatch, report):
@@ -703,3 +734,72 @@ def test_insdis_three_steps_match_pytorch(monkeypatch, report):
                         lambda rng, batch, num, num_data, per_example: jnp.asarray(negatives))
     check_parity("insdis", config, steps, get_method("insdis", config),
                  lambda c, s, w, d: TorchInsDis(c, s, w, negatives, d), report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and masks
+# ---------------------------------------------------------------------------------------------
+
+def test_learning_rate_schedule_hand_values():
+    """batch 512, base_lr 1.0 -> peak 2.0; 5 warmup steps, then cosine over 100 steps."""
+    config = configs.simclr.get_config("quickstart")
+    config.batch_size = 512
+    config.optimizer.update(base_lr=1.0, warmup_fraction=5 / 105)
+    schedule, _ = train.build_optimizer(config, 105)
+    want = {0: 0.0, 1: 0.4, 4: 1.6, 5: 2.0, 55: 1.0, 105: 0.0,
+            30: 1.0 + math.cos(math.pi / 4)}
+    for step, lr in want.items():
+        assert float(schedule(step)) == pytest.approx(lr, abs=1e-6), step
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "moco", "insdis", "supervised"])
+def test_learning_rate_schedule_matches_the_formula(name):
+    """Each method's quickstart optimizer config over a 234-step run against `lr_at`."""
+    config = CONFIGS[name].get_config("quickstart")
+    total = 234
+    schedule, _ = train.build_optimizer(config, total)
+    peak = lr_at(int(round(config.optimizer.warmup_fraction * total)), config, total)
+    assert peak == pytest.approx(config.optimizer.base_lr * config.batch_size / 256)
+    for step in (0, 1, 5, 11, 12, 13, 100, 117, 200, 233, 234):
+        # float32 cos near pi: 1 + cos(x) keeps ~1e-8 of the peak absolute accuracy.
+        assert float(schedule(step)) == pytest.approx(lr_at(step, config, total), rel=1e-5,
+                                                      abs=1e-7 * peak), step
+
+
+@pytest.mark.parametrize("name,arg,torch_net", [
+    ("byol", "", byol_online_net), ("simclr", "version=2", simclr_net)])
+def test_weight_decay_and_lars_masks_exclude_biases_and_norm_parameters(name, arg, torch_net):
+    """On a real parameter tree (backbone with shortcut BatchNorms, heads with Dense biases
+    and BatchNorms): `optim.decay_mask` and what the built SGD and LARS do with it equal the
+    torch rule "no decay / adaptation for biases and norm-layer parameters" (by module type)."""
+    config, _ = parity_config(name, arg)
+    method = get_method(name, config)
+    shapes = jax.eval_shape(lambda: method.init(jax.random.key(0),
+                                                jnp.zeros((1, SIZE, SIZE, 3))))[0]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) + 0.5, shapes)
+    excluded = excluded_from_decay(torch_net(config))
+    everything = set(export(config, params))
+    assert excluded and excluded < everything
+
+    def exported(tree):
+        return export(config, jax.device_get(tree))
+
+    mask = exported(jax.tree.map(lambda m, p: np.full(p.shape, m), optim.decay_mask(params),
+                                 params))
+    assert {k for k, v in mask.items() if not v.all()} == excluded
+    zeros = jax.tree.map(np.zeros_like, params)
+    for opt in ("sgd", "lars"):
+        # Zero gradient: only weight decay moves a parameter.
+        tx = optim.build_optimizer(opt, lambda step: 1.0, weight_decay=0.1)
+        updates, _ = tx.update(zeros, tx.init(params), params)
+        assert {k for k, v in exported(updates).items() if np.any(v != 0)} == everything - excluded
+    # No decay, gradient g: LARS scales g by eta ||w|| / ||g|| exactly where the mask is set.
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    tx = optim.build_optimizer("lars", lambda step: 1.0, weight_decay=0.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    w, g, u = exported(params), exported(grads), exported(updates)
+    for k in everything:
+        eta = 1e-3
+        scale = eta * np.linalg.norm(w[k]) / np.linalg.norm(g[k]) if k not in excluded else 1.0
+        np.testing.assert_allclose(u[k], -scale * g[k], rtol=1e-5, err_msg=k)
