@@ -26,7 +26,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 import torch.nn.functional as F
@@ -374,7 +373,7 @@ class TorchMoCo(TorchMethod):
         (running statistics averaged over the splits), unshuffle."""
         if self.splits == 1:
             return self.key(x)[-1]
-        perm = torch.from_numpy(np.asarray(self.permutations[k])).long()
+        perm = torch.tensor(np.asarray(self.permutations[k]), dtype=torch.long)
         buffers = {n: b.clone() for n, b in self.key.named_buffers()}
         outs, stats = [], []
         for chunk in x[perm].chunk(self.splits):
