@@ -434,7 +434,7 @@ class TorchInsDis(TorchMethod):
                             self.bank[self.negatives].expand(v.shape[0], -1, -1)], 1)
         out = torch.exp(torch.einsum("bkd,bd->bk", weight, v) / cfg.temperature)
         if self.z == 0:
-            self.z = float(out.mean()) * n
+            self.z = float(out.detach().mean()) * n
         out = out / self.z
         if cfg.loss == "nce":
             # NCECriterion (Wu et al. eq. 6): h = P / (P + K Pn), Pn = 1/N.
