@@ -89,6 +89,46 @@ def _use_biased_variance_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+class SplitBN2d(BN2d):
+    """The MoCo CIFAR-10 demo's SplitBatchNorm: in training, the batch is viewed as
+    [B/S, S*C, H, W] so that one batch_norm call normalises each of the S slices with its own
+    statistics (weight and bias repeated S times); the running statistics become the slices'
+    average. Running variances use the biased batch variance, as in BN2d.
+
+    Slices here are CONTIGUOUS (slice s = examples s*B/S .. (s+1)*B/S - 1), as ssl_jax's
+    `moco.bn="split"` documents: [B, C, H, W] -> [S, B/S, C, H, W] -> [B/S, S, C, H, W] ->
+    [B/S, S*C, H, W]. The demo's plain `input.view(-1, C * S, H, W)` interleaves instead
+    (slice s = examples s, s+S, s+2S, ...); on a randomly ordered batch both are random
+    slices, but they are different slices, so the demo's view would not match element-wise."""
+
+    num_splits = 1
+
+    def forward(self, x):
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        assert n % s == 0, (n, s)
+        xs = x.reshape(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
+        out = F.batch_norm(xs, None, None, self.weight.repeat(s), self.bias.repeat(s), True,
+                           0.0, self.eps)
+        with torch.no_grad():
+            m = self.momentum
+            mean = xs.mean((0, 2, 3)).reshape(s, c).mean(0)
+            var = xs.var((0, 2, 3), unbiased=False).reshape(s, c).mean(0)
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * var)
+        return out.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+
+
+def _use_split_bn(model: nn.Module, splits: int) -> nn.Module:
+    for module in model.modules():
+        if type(module) is BN2d:
+            module.__class__ = SplitBN2d
+            module.num_splits = splits
+    return model
+
+
 class MLP(nn.Module):
     """Linear layers `dense.i`, ReLU between them; with `bn`, BatchNorm1d `bn.i` after each
     hidden layer (BYOL's MLP); `v2`: every layer bias-free and BN'd, the last BN without its
@@ -355,10 +395,28 @@ class TorchBYOL(TorchMethod):
 
 
 class TorchMoCo(TorchMethod):
+    """MoCo (builder.py) with the key-BN variants of the test cases:
+    - `splits` > 1: MoCo's shuffle-BN on `splits` GPUs emulated on one process (the key batch
+      shuffled, each contiguous split encoded by a separate forward, unshuffled);
+    - `config.moco.bn == "split"`: the MoCo CIFAR-10 demo's SplitBatchNorm (`SplitBN2d`,
+      `config.moco.bn_splits` slices) in BOTH encoders, keys shuffled before the key encoder
+      and unshuffled after (the demo's `_batch_shuffle_single_gpu`);
+    - otherwise plain BN over the whole batch (SyncBN).
+    `permutations[k][d]`: the shuffle of step k's direction d (0: q from view 0, keys from
+    view 1; 1: the reverse, with `config.moco.symmetric`)."""
+
     def __init__(self, config, total_steps, weights, dtype=torch.float32, permutations=None,
                  splits=1):
         super().__init__(config, total_steps, dtype)
-        self.query = moco_net(config).to(dtype)
+        cfg = config.moco
+        self.query = moco_net(config)
+        if cfg.bn == "split":
+            assert splits == 1, "split BN and emulated shuffle-BN are exclusive"
+            _use_split_bn(self.query, cfg.bn_splits)
+            assert any(isinstance(m, SplitBN2d) for m in self.query.modules())
+            # Every BatchNorm is split (MoCo's heads have none that would stay global).
+            assert not any(type(m) in (BN1d, BN2d) for m in self.query.modules())
+        self.query = self.query.to(dtype)
         self.query.load_state_dict(weights["query"])
         self.key = copy.deepcopy(self.query)
         self.key.load_state_dict(weights["key"])
@@ -367,13 +425,15 @@ class TorchMoCo(TorchMethod):
         self.permutations, self.splits = permutations, splits
         self.opt = make_optimizer(config, self.query)
 
-    def _encode_keys(self, k, x):
-        """Keys of x; with `splits` > 1, MoCo's shuffle-BN emulated on one process: shuffle
-        with step k's permutation, encode each contiguous split with its own BN statistics
-        (running statistics averaged over the splits), unshuffle."""
+    def _encode_keys(self, k, d, x):
+        """Keys of x for step k, direction d (see the class docstring)."""
+        if self.config.moco.bn == "split":
+            idx_shuffle = torch.tensor(np.asarray(self.permutations[k][d]), dtype=torch.long)
+            idx_unshuffle = torch.argsort(idx_shuffle)
+            return self.key(x[idx_shuffle])[-1][idx_unshuffle]
         if self.splits == 1:
             return self.key(x)[-1]
-        perm = torch.tensor(np.asarray(self.permutations[k]), dtype=torch.long)
+        perm = torch.tensor(np.asarray(self.permutations[k][d]), dtype=torch.long)
         buffers = {n: b.clone() for n, b in self.key.named_buffers()}
         outs, stats = [], []
         for chunk in x[perm].chunk(self.splits):
@@ -391,19 +451,36 @@ class TorchMoCo(TorchMethod):
         cfg = self.config.moco
         self.query.train()
         self.key.train()
-        q = F.normalize(self.query(self._views(batch, 0))[-1], dim=1)
         with torch.no_grad():
-            # builder.py: momentum update of the key encoder first, then encode the keys.
+            # builder.py: momentum update of the key encoder first (once per step, also with
+            # the symmetric loss, as the CIFAR demo's forward), then encode the keys.
             query_params = dict(self.query.named_parameters())
             for name, p in self.key.named_parameters():
                 p.mul_(cfg.momentum).add_((1 - cfg.momentum) * query_params[name])
-            keys = F.normalize(self._encode_keys(k, self._views(batch, 1)), dim=1)
-        l_pos = (q * keys).sum(1, keepdim=True)
-        l_neg = q @ self.queue.T
-        logits = torch.cat([l_pos, l_neg], 1) / cfg.temperature
-        loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))
+        # (query view, key view) per direction; each direction's forwards run in this order,
+        # so BN running statistics are updated query 0, key 1, query 1, key 0.
+        directions = ((0, 1), (1, 0)) if cfg.symmetric else ((0, 1),)
+        queue = self.queue.clone()   # every direction sees the queue from before this step
+        losses, keys = [], []
+        for d, (qv, kv) in enumerate(directions):
+            q = F.normalize(self.query(self._views(batch, qv))[-1], dim=1)
+            with torch.no_grad():
+                key = F.normalize(self._encode_keys(k, d, self._views(batch, kv)), dim=1)
+            l_pos = (q * key).sum(1, keepdim=True)
+            l_neg = q @ queue.T
+            logits = torch.cat([l_pos, l_neg], 1) / cfg.temperature
+            losses.append(F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long)))
+            keys.append(key)
+        # Two differences from the CIFAR demo's symmetric loss, both ssl_jax's documented
+        # choices: the demo SUMS the directions (loss_12 + loss_21, twice this loss and its
+        # gradients), here they are averaged; and the demo enqueues cat([k1, k2]) (keys of
+        # view 0 first), here the keys come in direction order: keys of view 1 (scored
+        # against q from view 0), then keys of view 0.
+        loss = sum(losses) / len(losses)
         out = self._update(k, self.query, self.opt, loss)
+        keys = torch.cat(keys)
         b = keys.shape[0]
+        assert self.queue.shape[0] % b == 0
         self.queue[self.ptr:self.ptr + b] = keys
         self.ptr = (self.ptr + b) % self.queue.shape[0]
         return out
@@ -700,21 +777,52 @@ def test_byol_three_steps_match_pytorch(report):
                  lambda c, s, w, d: TorchBYOL(c, s, w, d), report)
 
 
-# v1 differs from v2 only in its head (one Dense) and temperature; slow, to keep the default
-# run's compile time down (~30 s of CPU per MoCo case).
-@pytest.mark.parametrize("version", [2, pytest.param(1, marks=pytest.mark.slow)])
+def _loss_rng(k):
+    """The loss RNG of the trainer's step k: fold_in(rng, k), split, second half (train.py)."""
+    return jax.random.split(jax.random.fold_in(STEP_RNG, k))[1]
+
+
+# ~30 s of CPU per MoCo case (compile), so the default run keeps one: the quickstart's options.
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [2, 1])
 def test_moco_shuffle_bn_on_two_devices_matches_split_bn_in_pytorch(version, report):
     """The default `moco.bn=shuffle` over a 2-device mesh == split BatchNorm (2 splits) of the
     key batch permuted by the same permutation (the one the trainer's step RNG draws)."""
     config, steps = parity_config("moco", f"version={version}")
-    assert config.moco.bn == "shuffle"
+    assert config.moco.bn == "shuffle" and not config.moco.symmetric
     mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
     method = moco.Method(config, mesh=mesh)
-    # The trainer's loss RNG at step k: fold_in(rng, k), split, second half (train.py).
-    perms = [np.asarray(jax.random.permutation(
-        jax.random.split(jax.random.fold_in(STEP_RNG, k))[1], BATCH)) for k in range(STEPS)]
+    perms = [[np.asarray(jax.random.permutation(_loss_rng(k), BATCH))] for k in range(STEPS)]
     check_parity("moco", config, steps, method,
                  lambda c, s, w, d: TorchMoCo(c, s, w, d, permutations=perms, splits=2), report)
+
+
+QUICKSTART_SPLITS = 4
+
+
+# Cases: MoCo v2, symmetric, split BN (the quickstart's options), in the default run; v1 with
+# the same options (its head is one Dense, T 0.07) slow.
+@pytest.mark.parametrize("version", [
+    pytest.param(2, id="v2_quickstart_options"),
+    pytest.param(1, id="v1", marks=pytest.mark.slow)])
+def test_moco_symmetric_split_bn_three_steps_match_pytorch(version, report):
+    """`moco.symmetric=True, moco.bn="split"` (the quickstart's options) against the torch
+    MoCo with the CIFAR demo's SplitBatchNorm in both encoders and the symmetric loss.
+
+    4 slices of 2 images (the quickstart has 8 slices of 16; 8 slices of batch 8 would be
+    single-image BatchNorm). The queue holds two steps' keys (2 x 2B), so the third step
+    writes over the first step's rows. Each direction's key shuffle is the permutation the
+    method draws: `jax.random.permutation` of the direction's half of split(loss RNG)."""
+    quick = configs.moco.get_config("quickstart")
+    assert quick.moco.symmetric and quick.moco.bn == "split"
+    config, steps = parity_config("moco", f"version={version}", **{
+        "moco.symmetric": True, "moco.bn": "split", "moco.bn_splits": QUICKSTART_SPLITS,
+        "moco.queue_size": 2 * 2 * BATCH})
+    perms = [[np.asarray(jax.random.permutation(r, BATCH))
+              for r in jax.random.split(_loss_rng(k), 2)] for k in range(STEPS)]
+    assert not any(np.array_equal(p, np.arange(BATCH)) for ps in perms for p in ps)
+    check_parity("moco", config, steps, get_method("moco", config),
+                 lambda c, s, w, d: TorchMoCo(c, s, w, d, permutations=perms), report)
 
 
 @pytest.mark.slow
