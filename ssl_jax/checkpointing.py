@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -65,9 +66,56 @@ def make_manager(directory: str, keep: int | None, save_every: int, async_save: 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          force: bool = False) -> bool:
-    """Save `state` (any pytree of arrays) and a JSON-able `meta` dict at `step`."""
-    return manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    """Save `state` (any pytree of arrays) and a JSON-able `meta` dict at `step`. A failed
+    save (of this step, or of the previous asynchronous one, which orbax reports here) raises
+    CheckpointError; the failed step is never committed, earlier ones are untouched."""
+    try:
+        return manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise _save_error(manager, e) from e
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+    """Block until the asynchronous save in flight is committed; CheckpointError if it failed."""
+    try:
+        manager.wait_until_finished()
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise _save_error(manager, e) from e
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Close after `wait_until_finished` (which raises a failed save): orbax raises that
+    failure again here, so it is only logged."""
+    try:
+        manager.close()
+    except Exception as e:
+        log.warning("closing the checkpoint manager: %s", _first_line(e))
+
+
+# Storage failures worth naming as such (tensorstore puts them at the end of a long line).
+_STORAGE_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                   "Permission denied")
+
+
+def _save_error(manager: ocp.CheckpointManager, e: BaseException) -> CheckpointError:
+    text = str(e)
+    reason = next((r for r in _STORAGE_ERRORS if r in text), None)
+    if reason is None:
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+    try:
+        free = f", {shutil.disk_usage(manager.directory).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = ""
+    manager.reload()
+    return CheckpointError(
+        f"saving a checkpoint in {manager.directory} failed ({reason}{free}); the checkpoints "
+        f"saved before it are intact (steps {sorted(manager.all_steps())}): free space or fix "
+        "the storage, then re-run the same command to resume")
 
 
 # OSErrors that mean a file of the checkpoint is missing or misplaced: damage, not I/O trouble.

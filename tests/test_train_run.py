@@ -122,17 +122,24 @@ def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
         train.check_same_run(str(uninterrupted_run), other)
 
 
-def test_nan_loss_stops_before_checkpointing(tiny_data_dir, tmp_path):
+def test_divergence_stops_before_checkpointing(tiny_data_dir, tmp_path, monkeypatch):
     config = simclr_config.get_config("smoke")
     config.dataset.data_dir = tiny_data_dir
     config.eval.every_steps = 0
     config.num_steps = 2
     config.checkpoint_every = 1
-    config.optimizer.base_lr = 1e30  # diverges at once
-    with pytest.raises(metrics_lib.NonFiniteLossError, match="non-finite metrics at step"):
+    # No warmup at 2 steps: the first update explodes the parameters (|w| ~ 1e29) while its
+    # loss, computed before the update, is finite. That state must not be checkpointed.
+    config.optimizer.base_lr = 1e30
+    monkeypatch.setattr(sys, "argv", ["run_train.py", "--workdir", str(tmp_path)])
+    with pytest.raises(metrics_lib.NonFiniteLossError) as err:
         train.train(config, str(tmp_path))
-    saved = sorted(os.listdir(tmp_path / "checkpoints"))
-    assert "2" not in saved  # the NaN step was never written
+    message = str(err.value)
+    assert message.startswith("non-finite metrics at step 1: {'param_norm': inf")
+    assert "\n" not in message and "from the start" in message
+    assert message.endswith("--config.optimizer.base_lr=1e+29 "
+                            "--config.optimizer.clip_grad_norm=1.0")
+    assert [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()] == []
 
 
 @pytest.mark.parametrize("field,value,expected", [
