@@ -280,10 +280,10 @@ def main() -> None:
             os.path.join(reference_dir, "checkpoints", "2", "**", "*"), recursive=True)
             if os.path.isfile(p))
         args.disk_kib = int((2.5 * per_step + 256 * 1024) / 1024)
-    soak.kills(rng)
-    soak.corruptions(rng, reference_dir)
     if args.disk_full:
         soak.disk_full()
+    soak.corruptions(rng, reference_dir)
+    soak.kills(rng)
     c = soak.counts
     print(f"soak: {c['kills']} kills ({c['kills_mid_save']} with a save in flight, "
           f"{c['kill_runs_finished']} re-runs finished before their kill), "

@@ -211,3 +211,13 @@ def test_nothing_readable_is_an_error(saved):
         checkpointing.restore_latest(writer, _abstract())
     writer.close()
     assert _listing(saved) == ["2.corrupt", "4.corrupt", "6.corrupt"]  # nothing deleted
+
+
+def test_keep_n_prunes_the_oldest_and_leaves_set_aside_directories(saved):
+    os.rename(os.path.join(saved, "2"), os.path.join(saved, "2.corrupt"))
+    writer = checkpointing.make_manager(saved, keep=2, save_every=1)
+    for step in (8, 10):
+        checkpointing.save(writer, step, _state(step), {}, force=True)
+    writer.wait_until_finished()
+    writer.close()
+    assert _listing(saved) == ["10", "2.corrupt", "8"]

@@ -142,6 +142,38 @@ def test_divergence_stops_before_checkpointing(tiny_data_dir, tmp_path, monkeypa
     assert [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()] == []
 
 
+@pytest.mark.slow  # two trainer subprocesses, ~2-3 min on the loaded 2-core machine
+def test_divergence_message_gives_a_resume_command_that_works(uninterrupted_run,
+                                                                tiny_data_dir, tmp_path):
+    """A healthy run at step 2 resumed with a learning rate ~10x too high diverges; the
+    command its error names resumes from the last good checkpoint and finishes."""
+    import re
+    import shlex
+    import shutil
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, workdir)
+    for step in ("4", "6"):
+        shutil.rmtree(workdir / "checkpoints" / step)
+    os.remove(workdir / "final_metrics.json")
+    out = _run(_cmd(workdir, tiny_data_dir, "--config.optimizer.base_lr=1e6"))
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "non-finite metrics at step" in last and "no checkpoint was written" in last
+    match = re.search(r"from the last good checkpoint \(step (\d+)\) .*, run: (.+)$", last)
+    assert match, last
+    good, suggested = int(match.group(1)), shlex.split(match.group(2))
+    assert good in (2, 4) and str(good) in os.listdir(workdir / "checkpoints")
+    assert suggested[-2:] == ["--config.optimizer.base_lr=100000.0",
+                              "--config.optimizer.clip_grad_norm=1.0"]
+    out = _run(suggested)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Resuming from checkpoint at step {good}" in out.stdout
+    assert ("Resuming with a changed optimizer.base_lr: 1000000.0 -> 100000.0, "
+            "optimizer.clip_grad_norm: 0.0 -> 1.0") in out.stdout
+    for leaf in jax.tree.leaves(_final_params(workdir, 6)):
+        assert np.all(np.isfinite(leaf))
+
+
 @pytest.mark.parametrize("field,value,expected", [
     ("method", "simclrr", "unknown method 'simclrr'; valid: supervised, simclr"),
     ("model.name", "resnet19", "resnet19"),
