@@ -111,17 +111,46 @@ class Soak:
         out = run(cmd, self.env)
         if out.returncode != 0:
             sys.exit(f"error: the uninterrupted reference run failed: {last_line(out.stderr)}")
-        self.duration = time.perf_counter() - t0
+        duration = time.perf_counter() - t0
         self.reference = params_of(workdir, self.args.steps)
-        print(f"reference run: {self.duration:.1f} s, checkpoints {saved_steps(workdir)}",
-              flush=True)
+        # Kill times are drawn over a run whose programs are already in the compile cache.
+        warm = os.path.join(self.args.outdir, "warm")
+        shutil.rmtree(warm, ignore_errors=True)
+        t0 = time.perf_counter()
+        run(command(warm, self.args.data_dir, self.args.steps), self.env)
+        self.warm_duration = time.perf_counter() - t0
+        print(f"reference run: {duration:.1f} s ({self.warm_duration:.1f} s warm), checkpoints "
+              f"{saved_steps(workdir)}", flush=True)
         return workdir
 
+    def kill_moment(self, proc, workdir: str, rng: random.Random) -> tuple[bool, bool]:
+        """Wait for a random moment of `proc`, then SIGKILL it. Half the kills wait for a
+        save in flight (a `*.orbax-checkpoint-tmp` directory) and strike 0-200 ms into it;
+        the others strike at a time drawn uniformly over a warm run's duration (startup,
+        compile, steps and saves alike). Returns (killed, a save was in flight)."""
+        ckpt = os.path.join(workdir, "checkpoints")
+        in_flight = lambda: bool(glob.glob(os.path.join(ckpt, f"*{TMP}")))  # noqa: E731
+        if rng.random() < 0.5:
+            while proc.poll() is None and not in_flight():
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.2))
+        else:
+            try:
+                proc.wait(timeout=rng.uniform(0.05, 1.0) * self.warm_duration)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is not None:
+            return False, False
+        mid_save = in_flight()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True, mid_save or in_flight()
+
     def kills(self, rng: random.Random) -> None:
-        """Kill the same command at random moments; re-run it after each kill (a re-run that
-        fails on its own before the kill is a failure); finish and compare every
-        `--kills-per-run` kills."""
-        n, chain = 0, 0
+        """Kill the same command at random moments and re-run it after each kill (a re-run
+        that fails on its own is a failure); every `--kills-per-run` kills, run it to the end
+        and compare with the reference."""
+        chain = 0
         while self.counts["kills"] < self.args.kills:
             workdir = os.path.join(self.args.outdir, f"kill_{chain}")
             shutil.rmtree(workdir, ignore_errors=True)
@@ -134,28 +163,17 @@ class Soak:
                                                     self.args.steps),
                                             cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
                                             stderr=log)
-                # Uniform over the span of an uninterrupted run: startup, compile, steps and
-                # the saves between them all get hit.
-                delay = rng.uniform(0.2, 1.0) * self.duration
-                try:
-                    proc.wait(timeout=delay)
-                except subprocess.TimeoutExpired:
-                    mid_save = bool(glob.glob(os.path.join(workdir, "checkpoints", f"*{TMP}")))
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    mid_save = mid_save or bool(
-                        glob.glob(os.path.join(workdir, "checkpoints", f"*{TMP}")))
+                killed, mid_save = self.kill_moment(proc, workdir, rng)
+                if killed:
                     self.counts["kills"] += 1
                     self.counts["kills_mid_save"] += mid_save
-                    n += 1
-                    print(f"kill {n} at {delay:.1f} s: checkpoints {saved_steps(workdir)}"
-                          f"{' (a save in flight)' if mid_save else ''}", flush=True)
+                    print(f"kill {self.counts['kills']}: checkpoints {saved_steps(workdir)}"
+                          f"{', a save in flight' if mid_save else ''}", flush=True)
                     continue
-                with open(log_path) as log:
-                    err = log.read()
                 if proc.returncode != 0:
-                    self.fail(f"kill chain {chain}: a re-run exited {proc.returncode} on its "
-                              f"own: {last_line(err)}")
+                    with open(log_path) as log:
+                        self.fail(f"kill chain {chain}: a re-run exited {proc.returncode} on "
+                                  f"its own: {last_line(log.read())}")
                     break
                 self.counts["kill_runs_finished"] += 1
                 break  # finished before the kill: compared below
