@@ -238,7 +238,14 @@ class Soak:
             workdir = os.path.join(mount, "run")
             out = run(command(workdir, self.args.data_dir, self.args.steps), self.env)
             self.counts["disk_full"] += 1
-            line = last_line(out.stderr)
+            # After the error, interpreter shutdown may print "Exception ignored in:
+            # <coroutine ...>" blocks for orbax's abandoned writes; the run's own last line is
+            # the one before them.
+            own, _, noise = out.stderr.partition("Exception ignored in")
+            line = last_line(own)
+            if noise:
+                print("  (interpreter shutdown then printed orbax's abandoned-write noise)",
+                      flush=True)
             kept = saved_steps(workdir)
             print(f"disk full ({size} KiB): exit {out.returncode}, checkpoints {kept}, last "
                   f"line: {line}", flush=True)
@@ -278,6 +285,8 @@ def main() -> None:
     p.add_argument("--data-dir", default="", help="TFDS data_dir with shapes_textures/tiny "
                    "(built there when missing; default OUTDIR/tfds)")
     p.add_argument("--outdir", default="runs/soak")
+    p.add_argument("--cases", default="disk-full,corruptions,kills",
+                   help="comma-separated subset to run")
     args = p.parse_args()
     args.outdir = os.path.abspath(args.outdir)
     args.data_dir = os.path.abspath(args.data_dir or os.path.join(args.outdir, "tfds"))
@@ -291,6 +300,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     reference_dir = soak.reference_run()
+    cases = set(args.cases.split(","))
     if args.disk_full and not args.disk_kib:
         # Room for the run's logs and about 2.5 checkpoints: it fills up at the 3rd-4th save,
         # while keep-3 would need 4 (3 kept + the one being written).
@@ -298,10 +308,12 @@ def main() -> None:
             os.path.join(reference_dir, "checkpoints", "2", "**", "*"), recursive=True)
             if os.path.isfile(p))
         args.disk_kib = int((2.5 * per_step + 256 * 1024) / 1024)
-    if args.disk_full:
+    if args.disk_full and "disk-full" in cases:
         soak.disk_full()
-    soak.corruptions(rng, reference_dir)
-    soak.kills(rng)
+    if "corruptions" in cases:
+        soak.corruptions(rng, reference_dir)
+    if "kills" in cases:
+        soak.kills(rng)
     c = soak.counts
     print(f"soak: {c['kills']} kills ({c['kills_mid_save']} with a save in flight, "
           f"{c['kill_runs_finished']} re-runs finished before their kill), "

@@ -59,7 +59,7 @@ def test_sigkill_mid_run_resumes_to_identical_parameters(uninterrupted_run, tiny
         np.testing.assert_array_equal(a, b)  # bitwise on CPU
 
 
-def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run, caplog):
+def test_corrupt_latest_checkpoint_falls_back_and_reader_renames_nothing(uninterrupted_run, caplog):
     import shutil
     workdir = uninterrupted_run.parent / "corrupt_copy"
     shutil.copytree(uninterrupted_run, workdir)
@@ -73,7 +73,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run,
         config, method, state = train.load_trained(str(workdir))
     assert int(state.step) == 4
     assert "step 6 is unreadable" in caplog.text and "falling back" in caplog.text
-    assert os.path.isdir(workdir / "checkpoints" / "6.corrupt")  # moved aside, not deleted
+    # load_trained only reads: the damaged checkpoint stays where it is (a training run
+    # re-run on this workdir moves it aside, tests/test_checkpointing.py).
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
     good = _final_params(uninterrupted_run, 4)
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(good)):
         np.testing.assert_array_equal(a, b)
