@@ -1,7 +1,6 @@
 """Divergence guard pieces: gradient clipping, resuming with a retuned optimizer, and the
 command the divergence error suggests (the end-to-end run is in test_train_run.py)."""
 import json
-import os
 import shlex
 import sys
 
