@@ -133,9 +133,12 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
     c.augment.copy_paste = ml_collections.ConfigDict(dict(
         prob=0.0, masks="ground_truth", mask_path="", backgrounds="grey,texture,image",
         blend="mix", blur_prob=0.5, blur_sigma=5 / 224))
+    # warmup_steps: 0 = warmup_fraction of the run. clip_grad_norm: 0 = off, else
+    # optax.clip_by_global_norm before the optimizer. base_lr, the warmup and clip_grad_norm may
+    # change when a run resumes (e.g. after a divergence).
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1,
-        scale_with_batch=True, lars_eta=1e-3))
+        warmup_steps=0, scale_with_batch=True, lars_eta=1e-3, clip_grad_norm=0.0))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=512, every_steps=0, knn_k=200, knn_temperature=0.07))
 

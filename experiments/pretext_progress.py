@@ -202,7 +202,8 @@ def main():
 
     from ssl_jax import checkpointing
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), keep=None,
-                                         save_every=1, async_save=False)
+                                         save_every=1, async_save=False,
+                                         read_only=True)
     ckpt_steps = sorted(manager.all_steps())
     manager.close()
     accs = [smoothed_at(workdir, s, args.smooth) for s in ckpt_steps]

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 
@@ -16,13 +16,17 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """A diverged run: an expected failure (one line at the command line, ssl_jax.errors)."""
 
 
-def check_finite(step: int, metrics: Mapping[str, float]) -> None:
-    """Raise before anything is checkpointed when the loss is NaN/inf."""
+def check_finite(step: int, metrics: Mapping[str, float],
+                 hint: Callable[[], str] | None = None) -> None:
+    """Raise before anything is checkpointed when a metric (loss, gradient norm, norm of the
+    updated parameters) is NaN/inf. `hint()` says what to do next (one line)."""
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
+        what = hint() if hint else ("lower the learning rate or set "
+                                    "optimizer.clip_grad_norm, then resume")
         raise NonFiniteLossError(
-            f"non-finite metrics at step {step}: {bad}; no checkpoint was written for this step "
-            "(lower the learning rate or enable gradient clipping, then resume)")
+            f"non-finite metrics at step {step}: {bad}; no checkpoint was written for this "
+            f"step; {what}")
 
 
 class MetricWriter:

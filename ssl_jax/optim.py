@@ -29,8 +29,36 @@ def learning_rate_schedule(base_lr: float, batch_size: int, total_steps: int,
 
 
 def build_optimizer(name: str, schedule: optax.Schedule, weight_decay: float,
-                    momentum: float = 0.9, lars_eta: float = 1e-3) -> optax.GradientTransformation:
-    """`name` in OPTIMIZERS. Weight decay is applied to `decay_mask` leaves only."""
+                    momentum: float = 0.9, lars_eta: float = 1e-3,
+                    clip_grad_norm: float = 0.0) -> optax.GradientTransformation:
+    """`name` in OPTIMIZERS. Weight decay is applied to `decay_mask` leaves only. With
+    `clip_grad_norm` > 0 the gradients are first scaled to a global norm of at most that."""
+    return with_clipping(_optimizer(name, schedule, weight_decay, momentum, lars_eta),
+                         clip_grad_norm)
+
+
+def with_clipping(tx: optax.GradientTransformation, max_norm: float
+                  ) -> optax.GradientTransformation:
+    """`tx` applied to gradients clipped by optax.clip_by_global_norm(max_norm) (0: `tx`).
+
+    Not `optax.chain(clip, tx)`: that would add the clip's (empty) state to the optimizer
+    state's tree, so a run could not switch clipping on when resuming, nor load checkpoints
+    saved without it. Here the state is exactly `tx`'s."""
+    if not max_norm:
+        return tx
+    if max_norm < 0:
+        raise ValueError(f"optimizer.clip_grad_norm={max_norm} is negative; valid: 0 (off) "
+                         "or a positive global norm, e.g. 1.0")
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        clipped, _ = clip.update(updates, clip.init(None))
+        return tx.update(clipped, state, params)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+def _optimizer(name, schedule, weight_decay, momentum, lars_eta):
     if name == "sgd":
         return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
                            optax.sgd(schedule, momentum=momentum))

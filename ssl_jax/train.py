@@ -88,11 +88,24 @@ def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Pr
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   model_state=model_state, opt_state=opt_state)
         new_state = method.after_update(new_state)
+        # param_norm and state_norm are the divergence guard's view of what would be
+        # checkpointed (the loss and gradient are those of the parameters before the update).
+        # Computed in float32, they are not finite when a value is NaN/inf or exploded past
+        # ~1e19 (its square overflows), which no healthy run comes near: a checkpoint never
+        # holds exploded parameters, BatchNorm statistics, EMA targets or queues.
         metrics = dict(metrics, learning_rate=schedule(state.step),
-                       grad_norm=optax.global_norm(grads))
+                       grad_norm=optax.global_norm(grads),
+                       param_norm=_norm(new_state.params),
+                       state_norm=_norm(new_state.model_state))
         return new_state, metrics
 
     return step_fn
+
+
+def _norm(tree) -> jax.Array:
+    """Global L2 norm of the floating-point leaves of `tree`, in float32 (0 when none)."""
+    return optax.global_norm([x.astype(jnp.float32) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)])
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,20 +156,28 @@ def check_workdir(workdir: str) -> None:
 # Fields a resumed run may change without changing what it trains.
 RESUME_MAY_CHANGE = ("log_every", "checkpoint_every", "keep_checkpoints", "dataset.data_dir",
                      "eval.")
+# Fields a resumed run may change that do change how it trains from there on (the way out of a
+# divergence: a lower learning rate, clipping, a longer warmup); the run says so when they do.
+# None of them is in the checkpoint (the schedule is a function of the step, and clipping
+# leaves the optimizer state's structure alone), so the saved state fits either way. Values
+# are those of runs saved before the key existed.
+RESUME_MAY_RETUNE = {"optimizer.base_lr": None, "optimizer.warmup_fraction": None,
+                     "optimizer.warmup_steps": 0, "optimizer.clip_grad_norm": 0.0}
 
 
-def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> str:
     """Refuse to resume a workdir trained with another config: its checkpoints would not fit
     the new model, or would silently continue a different schedule. Keys the saved config
     lacks were added to the code after that run and are not compared (their defaults keep the
-    old behaviour)."""
+    old behaviour). Returns '' or one line naming the RESUME_MAY_RETUNE fields that change."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return
+        return ""
     with open(path) as f:
         saved = _flatten(json.load(f))
     new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
     changed = [k for k in sorted(saved) if saved[k] != new.get(k)
+               and k not in RESUME_MAY_RETUNE
                and not any(k == f or (f.endswith(".") and k.startswith(f))
                            for f in RESUME_MAY_CHANGE)]
     if changed:
@@ -164,6 +185,50 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
         raise ValueError(f"workdir {workdir!r} holds a run with another config ({diff}{more}); "
                          "use a new --workdir, or the saved settings to resume")
+    retuned = [f"{k}: {saved.get(k, old)!r} -> {new.get(k)!r}"
+               for k, old in RESUME_MAY_RETUNE.items()
+               if k in new and saved.get(k, old) != new[k]]
+    return f"resuming with a changed {', '.join(retuned)}" if retuned else ""
+
+
+def divergence_hint(config, workdir: str, last_saved: int | None) -> str:
+    """What to do after a divergence, as one line ending in the command that resumes from the
+    last checkpoint (always one of finite state: a diverged step is never saved) with a 10x
+    lower learning rate and gradient clipping. The run's own run_train.py command line when
+    this process is one, else the config fields to change."""
+    oc = config.optimizer
+    fix = {"optimizer.base_lr": float(f"{oc.base_lr / 10:.3g}"),
+           "optimizer.clip_grad_norm": float(oc.get("clip_grad_norm", 0.0) or 1.0)}
+    where = (f"from the last good checkpoint (step {last_saved})" if last_saved
+             else "from the start (no checkpoint was saved yet)")
+    command = resume_command(fix)
+    if command is None:
+        changes = ", ".join(f"{k}={v}" for k, v in fix.items())
+        return f"re-run with {changes} on workdir {workdir} to resume {where}"
+    return f"to resume {where} with a lower learning rate and gradient clipping, run: {command}"
+
+
+def resume_command(overrides: dict, argv: list[str] | None = None) -> str | None:
+    """This process's run_train.py command line (`argv`, default sys.argv) with each
+    `--config.KEY=VALUE` of `overrides` replacing any earlier setting of KEY; None when the
+    process is not run_train.py (e.g. an experiment calling train())."""
+    import shlex
+    import sys
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or os.path.basename(argv[0]) != "run_train.py":
+        return None
+    out, skip = [sys.executable, argv[0]], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in {f"--config.{k}" for k in overrides}:
+            skip = "=" not in arg  # `--config.KEY VALUE`: drop the value too
+            continue
+        out.append(arg)
+    out += [f"--config.{k}={v}" for k, v in overrides.items()]
+    return shlex.join(out)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -205,7 +270,8 @@ def build_optimizer(config, steps: int):
     schedule = optim.learning_rate_schedule(oc.base_lr, config.batch_size, steps, warmup,
                                             oc.get("scale_with_batch", True))
     return schedule, optim.build_optimizer(oc.name, schedule, oc.weight_decay,
-                                           oc.get("momentum", 0.9), oc.get("lars_eta", 1e-3))
+                                           oc.get("momentum", 0.9), oc.get("lars_eta", 1e-3),
+                                           clip_grad_norm=oc.get("clip_grad_norm", 0.0))
 
 
 def abstract_train_state(method, tx, mesh, image_size: int,
@@ -241,10 +307,14 @@ def load_trained(workdir: str, mesh=None, step: int | None = None):
     method = get_method(config.method, config)
     _, tx = build_optimizer(config, 1)
     _, abstract = abstract_train_state(method, tx, mesh, config.dataset.image_size)
-    manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), keep=None,
-                                         save_every=1, async_save=False)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    # A reader: it changes nothing on disk (an unreadable checkpoint is skipped, not moved).
+    manager = checkpointing.make_manager(ckpt_dir, keep=None, save_every=1, async_save=False,
+                                         read_only=True)
     if step is None:
-        restored = checkpointing.restore_latest(manager, abstract)
+        restored = checkpointing.restore_latest(manager, abstract, read_only=True)
     else:
         restored = checkpointing.restore_step(manager, abstract, step)
     manager.close()
@@ -294,7 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # caller's (possibly locked) config is left as it was.
     _, index_space = pipeline.split_offsets(builder, config.dataset.train_split)
     config = with_total_steps(config, steps, index_space)
-    check_same_run(workdir, config)
+    retuned = check_same_run(workdir, config)
     method = get_method(config.method, config)
     if len(preset.views) != method.num_views:
         raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
@@ -322,6 +392,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             return finished_run(workdir, start, saved_meta)
         log.info("resumed from %s at step %d", ckpt_dir, start)
         print(f"Resuming from checkpoint at step {start} in {ckpt_dir}", flush=True)
+    if retuned:
+        print(retuned[0].upper() + retuned[1:], flush=True)
 
     meta = {"config": config.to_dict(), "num_train": num_train, "total_steps": steps}
     if jax.process_index() == 0:
@@ -361,6 +433,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{config.method}",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
+    last_saved = start or None
     try:
         for step in bar:
             batch = sharding.global_batch(next(data), mesh)
@@ -370,7 +443,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             is_last = done == steps
             if done % log_every == 0 or done % ckpt_every == 0 or is_last:
                 host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                metrics_lib.check_finite(done, host)
+                metrics_lib.check_finite(done, host, hint=lambda: divergence_hint(
+                    config, workdir, last_saved))
                 rate = seen / (time.perf_counter() - t0)
                 host["images_per_sec"] = rate
                 writer.write(done, host)
@@ -386,10 +460,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 # The step's metrics ride along in the checkpoint's meta, so every checkpoint
                 # is tagged with its training progress (e.g. a pretext task's accuracy).
                 checkpointing.save(manager, done, state, dict(meta, metrics=host), force=True)
+                last_saved = done
     finally:
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+        try:
+            checkpointing.wait_until_finished(manager)
+        finally:
+            checkpointing.close(manager)
+            writer.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2)

@@ -59,7 +59,7 @@ def test_sigkill_mid_run_resumes_to_identical_parameters(uninterrupted_run, tiny
         np.testing.assert_array_equal(a, b)  # bitwise on CPU
 
 
-def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run, caplog):
+def test_corrupt_latest_checkpoint_falls_back_and_reader_renames_nothing(uninterrupted_run, caplog):
     import shutil
     workdir = uninterrupted_run.parent / "corrupt_copy"
     shutil.copytree(uninterrupted_run, workdir)
@@ -73,7 +73,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(uninterrupted_run,
         config, method, state = train.load_trained(str(workdir))
     assert int(state.step) == 4
     assert "step 6 is unreadable" in caplog.text and "falling back" in caplog.text
-    assert os.path.isdir(workdir / "checkpoints" / "6.corrupt")  # moved aside, not deleted
+    # load_trained only reads: the damaged checkpoint stays where it is (a training run
+    # re-run on this workdir moves it aside, tests/test_checkpointing.py).
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
     good = _final_params(uninterrupted_run, 4)
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(good)):
         np.testing.assert_array_equal(a, b)
@@ -122,17 +124,56 @@ def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
         train.check_same_run(str(uninterrupted_run), other)
 
 
-def test_nan_loss_stops_before_checkpointing(tiny_data_dir, tmp_path):
+def test_divergence_stops_before_checkpointing(tiny_data_dir, tmp_path, monkeypatch):
     config = simclr_config.get_config("smoke")
     config.dataset.data_dir = tiny_data_dir
     config.eval.every_steps = 0
     config.num_steps = 2
     config.checkpoint_every = 1
-    config.optimizer.base_lr = 1e30  # diverges at once
-    with pytest.raises(metrics_lib.NonFiniteLossError, match="non-finite metrics at step"):
+    # No warmup at 2 steps: the first update explodes the parameters (|w| ~ 1e29) while its
+    # loss, computed before the update, is finite. That state must not be checkpointed.
+    config.optimizer.base_lr = 1e30
+    monkeypatch.setattr(sys, "argv", ["run_train.py", "--workdir", str(tmp_path)])
+    with pytest.raises(metrics_lib.NonFiniteLossError) as err:
         train.train(config, str(tmp_path))
-    saved = sorted(os.listdir(tmp_path / "checkpoints"))
-    assert "2" not in saved  # the NaN step was never written
+    message = str(err.value)
+    assert message.startswith("non-finite metrics at step 1: {'param_norm': inf")
+    assert "\n" not in message and "from the start" in message
+    assert message.endswith("--config.optimizer.base_lr=1e+29 "
+                            "--config.optimizer.clip_grad_norm=1.0")
+    assert [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()] == []
+
+
+@pytest.mark.slow  # two trainer subprocesses, ~2-3 min on the loaded 2-core machine
+def test_divergence_message_gives_a_resume_command_that_works(uninterrupted_run,
+                                                                tiny_data_dir, tmp_path):
+    """A healthy run at step 2 resumed with a learning rate ~10x too high diverges; the
+    command its error names resumes from the last good checkpoint and finishes."""
+    import re
+    import shlex
+    import shutil
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, workdir)
+    for step in ("4", "6"):
+        shutil.rmtree(workdir / "checkpoints" / step)
+    os.remove(workdir / "final_metrics.json")
+    out = _run(_cmd(workdir, tiny_data_dir, "--config.optimizer.base_lr=1e6"))
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "non-finite metrics at step" in last and "no checkpoint was written" in last
+    match = re.search(r"from the last good checkpoint \(step (\d+)\) .*, run: (.+)$", last)
+    assert match, last
+    good, suggested = int(match.group(1)), shlex.split(match.group(2))
+    assert good in (2, 4) and str(good) in os.listdir(workdir / "checkpoints")
+    assert suggested[-2:] == ["--config.optimizer.base_lr=100000.0",
+                              "--config.optimizer.clip_grad_norm=1.0"]
+    out = _run(suggested)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Resuming from checkpoint at step {good}" in out.stdout
+    assert ("Resuming with a changed optimizer.base_lr: 1000000.0 -> 100000.0, "
+            "optimizer.clip_grad_norm: 0.0 -> 1.0") in out.stdout
+    for leaf in jax.tree.leaves(_final_params(workdir, 6)):
+        assert np.all(np.isfinite(leaf))
 
 
 @pytest.mark.parametrize("field,value,expected", [
