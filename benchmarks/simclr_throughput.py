@@ -142,8 +142,9 @@ def step_presets(config, variants: list[str]) -> dict:
 
 def compile_steps(config, batch_size: int, size: int, variants: list[str]):
     """The trainer's step, jitted with the state donated and compiled ahead of time for each
-    variant. Returns ({variant: (compiled step, fresh state, compile seconds)}, batch, rng);
-    `compiled.cost_analysis()` gives XLA's FLOP count of one step."""
+    variant. Returns ({variant: {"step": compiled step, "state": a fresh state, "compile_s",
+    "flops_lowered": XLA's FLOPs of the step before optimisation}}, batch, rng);
+    `step_flops(compiled)` is the count of the compiled step."""
     import jax
 
     from ssl_jax import train
@@ -155,8 +156,10 @@ def compile_steps(config, batch_size: int, size: int, variants: list[str]):
         fn = jax.jit(train.make_train_step(method, tx, preset, schedule), donate_argnums=0)
         state = init(jax.random.key(0))
         t0 = time.perf_counter()
-        compiled = fn.lower(state, batch, rng).compile()
-        out[v] = (compiled, state, time.perf_counter() - t0)
+        lowered = fn.lower(state, batch, rng)
+        compiled = lowered.compile()
+        out[v] = {"step": compiled, "state": state, "compile_s": time.perf_counter() - t0,
+                  "flops_lowered": step_flops(lowered)}
     return out, batch, rng
 
 
@@ -165,13 +168,15 @@ def time_step(config, batch_size: int, size: int, variant: str = "aug", steps: i
     """Images/s of one compiled train step: `warmup` untimed steps after compile, then
     `repeats` runs of `steps` steps each, dispatched back to back and blocked on at the end
     of each run (so a GPU is never idle waiting for the host); reports the median run.
-    Also XLA's FLOPs per step (cost analysis of the compiled step; None when XLA gives none)."""
+    Also XLA's FLOPs per step: `flops_per_step` from the cost analysis of the compiled step,
+    `flops_per_step_lowered` from the HLO before optimisation (where a backend's compiled
+    analysis misses ops it hands to libraries, the two differ); None when XLA gives none."""
     import jax
 
     if warmup < 1 or steps < 1 or repeats < 1:
         raise ValueError(f"warmup={warmup}, steps={steps}, repeats={repeats} must all be >= 1")
     compiled, batch, rng = compile_steps(config, batch_size, size, [variant])
-    step, state, compile_s = compiled[variant]
+    step, state = compiled[variant]["step"], compiled[variant]["state"]
     for _ in range(warmup):
         state, metrics = step(state, batch, rng)
     first_loss = float(jax.device_get(metrics["loss"]))
@@ -187,16 +192,19 @@ def time_step(config, batch_size: int, size: int, variant: str = "aug", steps: i
     return {"method": config.method, "model": config.model.name, "width": config.model.width,
             "batch": batch_size, "size": size, "compute_dtype": config.compute_dtype,
             "variant": variant, "device": jax.devices()[0].device_kind,
-            "compile_s": compile_s, "run_s": run_s, "steps_per_run": steps,
-            "step_s": step_s, "img_s": batch_size / step_s,
-            "flops_per_step": step_flops(step), "loss_after_warmup": first_loss,
+            "compile_s": compiled[variant]["compile_s"], "run_s": run_s,
+            "steps_per_run": steps, "step_s": step_s, "img_s": batch_size / step_s,
+            "flops_per_step": step_flops(step),
+            "flops_per_step_lowered": compiled[variant]["flops_lowered"],
+            "loss_after_warmup": first_loss,
             "final_loss": float(jax.device_get(metrics["loss"]))}
 
 
-def step_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled function from XLA's cost analysis (a dict, or a list of
-    one dict per computation in some jaxlib versions); None when it has no positive count."""
-    analysis = compiled.cost_analysis()
+def step_flops(stage) -> float | None:
+    """FLOPs of one call of a lowered or compiled function from XLA's cost analysis (a dict,
+    or a list of one dict per computation in some jaxlib versions); None when it has no
+    positive count."""
+    analysis = stage.cost_analysis()
     if isinstance(analysis, dict):
         analysis = [analysis]
     flops = sum(float(a.get("flops", 0.0)) for a in analysis or [] if a)
@@ -218,7 +226,8 @@ def run_jax(args) -> dict:
                                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
                                   "compute_dtype": args.compute_dtype, "load_start": load_average()}
     for v in variants:
-        steps[v], states[v], out[f"{v}_compile_s"] = compiled[v]
+        steps[v], states[v] = compiled[v]["step"], compiled[v]["state"]
+        out[f"{v}_compile_s"] = compiled[v]["compile_s"]
         # First step from the same init and batch under every flag setting: the numerics check.
         states[v], m = steps[v](states[v], batch, step_rng)
         m = jax.device_get(m)
