@@ -34,7 +34,6 @@ from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
 
 from ssl_jax import similarity as sim  # noqa: E402
 
@@ -94,6 +93,8 @@ def run_ssl_jax(pool_x, pool_y, sizes):
 
 # ---------------------------------------------------------------- (a) torch_cka-style baseline
 def _torch_hsic(k, l):
+    import torch
+
     n = k.shape[0]
     ones = torch.ones(n, 1, dtype=k.dtype)
     total = torch.trace(k @ l)
@@ -103,6 +104,8 @@ def _torch_hsic(k, l):
 
 
 def torch_per_pair(pool_x, pool_y, n_batches):
+    import torch  # here, so the ssl_jax parts import without torch (benchmarks/gpu_suite.py)
+
     l1, l2 = len(pool_x[0]), len(pool_y[0])
     h = np.zeros((l1, l2, 3))
     for i in range(n_batches):
@@ -172,6 +175,7 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    import torch
 
     widths = layer_widths(args.spatial)
     pool_x = make_pool(widths, args.batch, args.pool, 0)

@@ -103,15 +103,19 @@ def jax_config(model: str, batch: int, size: int, compute_dtype: str):
 
 
 def jax_step_parts(config, batch_size: int, size: int):
-    """(method, tx, schedule, batch, init) for timing the trainer's step: a fixed random uint8
-    batch of two views per image on the default device, and a jitted state initialiser."""
+    """(method, tx, schedule, batch, init) for timing the trainer's step of `config.method`: a
+    fixed random uint8 batch of two views per image on the default device, and a jitted state
+    initialiser."""
     import jax
     import numpy as np
 
     from ssl_jax import train
     from ssl_jax.methods import get_method
 
-    method = get_method("simclr", config)
+    # The run length the trainer would write (BYOL's EMA schedule reads it); the optimizer's
+    # schedule gets the same.
+    config = train.with_total_steps(config, 10_000)
+    method = get_method(config.method, config)
     schedule, tx = train.build_optimizer(config, steps=10_000)
     images = np.random.default_rng(0).integers(0, 256, (batch_size, 2, size, size, 3),
                                                dtype=np.uint8)
@@ -120,36 +124,110 @@ def jax_step_parts(config, batch_size: int, size: int):
     return method, tx, schedule, batch, init
 
 
-def run_jax(args) -> dict:
-    """Times the ssl_jax train step (variants aug/noaug, alternating); returns a result dict."""
+def step_presets(config, variants: list[str]) -> dict:
+    """{variant: augment preset}: `aug` is the config's augmentation as the trainer builds it
+    (preset and overrides), `noaug` the same with every device op off (uint8 -> float and
+    clip only)."""
+    from ssl_jax.data import augment
+
+    overrides = dict(config.augment.get("overrides", {}))  # as the trainer builds it
+    presets = {"aug": lambda: augment.get_preset(config.augment.preset, **overrides),
+               "noaug": lambda: augment.get_preset(config.augment.preset,
+                                                   **{**overrides, **NOAUG_OVERRIDES})}
+    for v in variants:
+        if v not in presets:
+            raise ValueError(f"unknown variant {v!r}; valid: aug, noaug")
+    return {v: presets[v]() for v in variants}
+
+
+def compile_steps(config, batch_size: int, size: int, variants: list[str]):
+    """The trainer's step, jitted with the state donated and compiled ahead of time for each
+    variant. Returns ({variant: {"step": compiled step, "state": a fresh state, "compile_s",
+    "flops_lowered": XLA's FLOPs of the step before optimisation}}, batch, rng);
+    `step_flops(compiled)` is the count of the compiled step."""
     import jax
 
     from ssl_jax import train
-    from ssl_jax.data import augment
+
+    method, tx, schedule, batch, init = jax_step_parts(config, batch_size, size)
+    rng = jax.random.key(1)
+    out = {}
+    for v, preset in step_presets(config, variants).items():
+        fn = jax.jit(train.make_train_step(method, tx, preset, schedule), donate_argnums=0)
+        state = init(jax.random.key(0))
+        t0 = time.perf_counter()
+        lowered = fn.lower(state, batch, rng)
+        compiled = lowered.compile()
+        out[v] = {"step": compiled, "state": state, "compile_s": time.perf_counter() - t0,
+                  "flops_lowered": step_flops(lowered)}
+    return out, batch, rng
+
+
+def time_step(config, batch_size: int, size: int, variant: str = "aug", steps: int = 6,
+              warmup: int = 2, repeats: int = 3) -> dict:
+    """Images/s of one compiled train step: `warmup` untimed steps after compile, then
+    `repeats` runs of `steps` steps each, dispatched back to back and blocked on at the end
+    of each run (so a GPU is never idle waiting for the host); reports the median run.
+    Also XLA's FLOPs per step: `flops_per_step` from the cost analysis of the compiled step,
+    `flops_per_step_lowered` from the HLO before optimisation (where a backend's compiled
+    analysis misses ops it hands to libraries, the two differ); None when XLA gives none."""
+    import jax
+
+    if warmup < 1 or steps < 1 or repeats < 1:
+        raise ValueError(f"warmup={warmup}, steps={steps}, repeats={repeats} must all be >= 1")
+    compiled, batch, rng = compile_steps(config, batch_size, size, [variant])
+    step, state = compiled[variant]["step"], compiled[variant]["state"]
+    for _ in range(warmup):
+        state, metrics = step(state, batch, rng)
+    first_loss = float(jax.device_get(metrics["loss"]))
+    jax.block_until_ready(state)
+    run_s = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, batch, rng)
+        jax.block_until_ready((state, metrics))
+        run_s.append(time.perf_counter() - t0)
+    step_s = statistics.median(run_s) / steps
+    return {"method": config.method, "model": config.model.name, "width": config.model.width,
+            "batch": batch_size, "size": size, "compute_dtype": config.compute_dtype,
+            "variant": variant, "device": jax.devices()[0].device_kind,
+            "compile_s": compiled[variant]["compile_s"], "run_s": run_s,
+            "steps_per_run": steps, "step_s": step_s, "img_s": batch_size / step_s,
+            "flops_per_step": step_flops(step),
+            "flops_per_step_lowered": compiled[variant]["flops_lowered"],
+            "loss_after_warmup": first_loss,
+            "final_loss": float(jax.device_get(metrics["loss"]))}
+
+
+def step_flops(stage) -> float | None:
+    """FLOPs of one call of a lowered or compiled function from XLA's cost analysis (a dict,
+    or a list of one dict per computation in some jaxlib versions); None when it has no
+    positive count."""
+    analysis = stage.cost_analysis()
+    if isinstance(analysis, dict):
+        analysis = [analysis]
+    flops = sum(float(a.get("flops", 0.0)) for a in analysis or [] if a)
+    return flops if flops > 0 else None
+
+
+def run_jax(args) -> dict:
+    """Times the ssl_jax train step (variants aug/noaug, alternating); returns a result dict."""
+    import jax
 
     if not args.gpu and len(jax.devices()) != 1:
         raise RuntimeError(f"expected one CPU device, got {jax.devices()}; "
                            "unset --xla_force_host_platform_device_count")
     config = jax_config(args.model, args.batch, args.size, args.compute_dtype)
-    method, tx, schedule, batch, init = jax_step_parts(config, args.batch, args.size)
-    presets = {"aug": augment.get_preset(config.augment.preset),
-               "noaug": augment.get_preset(config.augment.preset, **NOAUG_OVERRIDES)}
     variants = args.variants.split(",")
-    for v in variants:
-        if v not in presets:
-            raise ValueError(f"unknown variant {v!r}; valid: aug, noaug")
-
-    step_rng = jax.random.key(1)
+    compiled, batch, step_rng = compile_steps(config, args.batch, args.size, variants)
 
     steps, states, out = {}, {}, {"side": "jax", "device": jax.devices()[0].device_kind,
                                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
                                   "compute_dtype": args.compute_dtype, "load_start": load_average()}
     for v in variants:
-        fn = jax.jit(train.make_train_step(method, tx, presets[v], schedule), donate_argnums=0)
-        states[v] = init(jax.random.key(0))
-        t0 = time.perf_counter()
-        steps[v] = fn.lower(states[v], batch, step_rng).compile()
-        out[f"{v}_compile_s"] = time.perf_counter() - t0
+        steps[v], states[v] = compiled[v]["step"], compiled[v]["state"]
+        out[f"{v}_compile_s"] = compiled[v]["compile_s"]
         # First step from the same init and batch under every flag setting: the numerics check.
         states[v], m = steps[v](states[v], batch, step_rng)
         m = jax.device_get(m)

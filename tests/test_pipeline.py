@@ -74,3 +74,16 @@ def test_unknown_dataset_is_a_one_line_error_with_choices():
     msg = str(err.value)
     assert "no_such_dataset_xyz" in msg and "shapes_textures/<config>" in msg and "\n" not in msg
     assert "tiny" in msg and "small32" in msg
+
+
+def test_private_thread_pool_gives_the_same_batches(tiny):
+    # benchmarks/pipeline_throughput.py times the pipeline on N threads (`threads=N`); the
+    # data must not depend on it.
+    default = _batches(tiny, 1, 0, 2, batch=16)
+    it = pipeline.train_iterator(tiny, "train", 16, VIEWS, 32, seed=3, threads=1)
+    for k in range(2):
+        batch = next(it)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(batch[key], default[k][key])
+    with pytest.raises(ValueError, match="threads=-1"):
+        pipeline.train_iterator(tiny, "train", 16, VIEWS, 32, seed=3, threads=-1)

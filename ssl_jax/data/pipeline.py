@@ -116,16 +116,21 @@ def pair_with_previous(ds: tf.data.Dataset, first: dict) -> tf.data.Dataset:
 def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
                    seed: int, start_step: int = 0, cache: bool = True,
                    shuffle_buffer: int = 50_000, with_index: bool = False,
-                   copy_paste: "copy_paste_lib.CopyPaste | None" = None
+                   copy_paste: "copy_paste_lib.CopyPaste | None" = None, threads: int = 0
                    ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's part of each global batch.
 
     views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here).
     copy_paste: optional `copy_paste.CopyPaste`, applied to each view independently BEFORE its
     crop and flip (see ssl_jax/data/copy_paste.py).
+    threads: > 0 runs the whole pipeline on its own pool of that many threads, each op
+    single-threaded (benchmarks/pipeline_throughput.py measures images/s per core this way);
+    0 leaves tf.data's shared pool (all cores). The data are the same either way.
     Yields {"image": uint8 [b, V, S, S, 3], "label": int32 [b]}, b = global_batch_size /
     process_count, plus "index": int32 [b] (`example_index`) with `with_index` (memory banks).
     """
+    if threads < 0:
+        raise ValueError(f"threads={threads} must be >= 0 (0: tf.data's shared thread pool)")
     nproc, pid = jax.process_count(), jax.process_index()
     if global_batch_size % nproc:
         raise ValueError(f"batch_size={global_batch_size} not divisible by {nproc} processes")
@@ -187,6 +192,11 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+        ds = ds.with_options(options)
     return ds.as_numpy_iterator()
 
 
