@@ -19,6 +19,8 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+# ~75 CPU-seconds, mostly XLA compiling the ResNet init and two train steps: slow (CI runs it).
+@pytest.mark.slow
 def test_tiny_suite_reports_every_section(tiny_data_dir, tmp_path):
     out = tmp_path / "suite"
     # A peak no 2-core CPU reaches, so MFU must land in (0, 1]; it is > 0 only if XLA's cost
