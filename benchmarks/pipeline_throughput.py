@@ -41,21 +41,8 @@ from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 def parse_threads(text: str, flag: str = "--threads") -> list[int]:
     """'1,all' -> [1, os.cpu_count()]; every entry a positive int or 'all'."""
-    out = []
-    for item in filter(None, text.split(",")):
-        if item == "all":
-            out.append(os.cpu_count() or 1)
-            continue
-        try:
-            n = int(item)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"{flag} item {item!r} is not a positive int or 'all'")
-        out.append(n)
-    if not out:
-        raise ValueError(f"{flag}={text!r} names no thread count; e.g. 1,all")
-    return out
+    cores = str(os.cpu_count() or 1)
+    return parse_ints(",".join(cores if i == "all" else i for i in text.split(",")), flag)
 
 
 def pipeline_rate(builder, image_size: int, batch_size: int, threads: int, preset: str = "simclr_imagenet",
