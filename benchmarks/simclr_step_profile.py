@@ -47,7 +47,7 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
 def main() -> None:
     p = errors.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--trace_dir", default="/tmp/simclr_trace")
+    p.add_argument("--trace_dir", default="runs/simclr_trace")
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args()
     import jax

@@ -9,7 +9,7 @@ Conventions (all distortions):
   * level arguments that change array shapes (filter radii, rotations, scale-space depth) are
     Python scalars, so jit them with ``static_argnums``/``functools.partial``.
 
-Definitions follow PROTOCOLS.md (Geirhos et al. 2018, code/image_manipulation.py of
+Definitions follow Geirhos et al. 2018 (code/image_manipulation.py of
 rgeirhos/generalisation-humans-DNNs) and, for eidolons, the Eidolon factory of Koenderink et al.
 (JoV 2017, gestaltrevision/Eidolon). Deviations are listed in docs/BEHAVIOUR.md.
 """
