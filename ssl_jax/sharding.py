@@ -1,7 +1,7 @@
 """Device mesh and the shardings the trainer uses: batch-sharded data, replicated state, except
 large non-parameter state (memory banks, queues), whose rows are split over the devices.
 
-Everything runs as `jax.jit` over global arrays (see ARCHITECTURE.md): XLA inserts the
+Everything runs as `jax.jit` over global arrays: XLA inserts the
 collectives, so BatchNorm statistics and contrastive logits are computed over the global batch.
 """
 from __future__ import annotations
