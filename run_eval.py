@@ -542,10 +542,15 @@ def run(config, outdir: str) -> dict:
 
 def main():
     # Flags and the config file are checked before JAX and TensorFlow are imported (seconds).
-    errors.parse_flags(FLAGS, sys.argv)
+    errors.parse_flags(FLAGS, sys.argv, module=__name__)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every restore step at INFO
     run(FLAGS.config, FLAGS.outdir)
 
 
-if __name__ == "__main__":
+def cli():
+    """Console entry point (`ssl-jax-eval`): main() under the one-line error policy."""
     errors.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def main():
     # Flags and the config file are checked before JAX and TensorFlow are imported (seconds).
-    errors.parse_flags(FLAGS, sys.argv)
+    errors.parse_flags(FLAGS, sys.argv, module=__name__)
     import jax
     if FLAGS.distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -45,5 +45,10 @@ def main():
     train.train(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def cli():
+    """Console entry point (`ssl-jax-train`): main() under the one-line error policy."""
     errors.run(main)
+
+
+if __name__ == "__main__":
+    cli()

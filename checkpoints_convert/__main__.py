@@ -107,5 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli():
+    """Console entry point (`ssl-jax-convert`): main() under the one-line error policy."""
     errors.run(main)
+
+
+if __name__ == "__main__":
+    cli()

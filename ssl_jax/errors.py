@@ -85,15 +85,20 @@ class ArgumentParser(argparse.ArgumentParser):
 # absl + ml_collections config flags (run_train.py, run_eval.py)
 # ---------------------------------------------------------------------------------------------
 
-def parse_flags(flags_obj, argv: list[str], config_flag: str = "config") -> None:
+def parse_flags(flags_obj, argv: list[str], config_flag: str = "config",
+                module: str = "__main__") -> None:
     """Parse `argv` into absl's FLAGS and load the config file, turning every parse problem into
     a UserError that names the bad flag: a missing config file (with the files next to it), a
     config file's own error (its message, not ml_collections' 'Error whilst parsing config
-    file'), an unknown `--config.KEY` (close matches first, then the valid keys)."""
+    file'), an unknown `--config.KEY` (close matches first, then the valid keys). `--help` prints
+    the docstring and flags of `module`, the name of the module that defines them (a console
+    script's __main__ is its wrapper, not the script)."""
     from absl import flags
 
     if "--help" in argv or "-h" in argv:  # absl's --help lives in absl.app, not used here
-        print(sys.modules["__main__"].__doc__ or "", flags_obj.main_module_help(), sep="\n")
+        flags_help = (flags_obj.main_module_help() if module == "__main__"
+                      else flags_obj.module_help(module))
+        print(sys.modules[module].__doc__ or "", flags_help, sep="\n")
         sys.exit(0)
     spec = _flag_value(argv, config_flag)
     if spec is not None:
