@@ -27,7 +27,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -45,6 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
 SECTIONS = ("steps", "pipeline", "cka", "probe")
 METHODS = ("simclr", "byol")

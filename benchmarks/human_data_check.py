@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
 from ssl_jax.evaluation import distortions as D  # noqa: E402
 from ssl_jax.evaluation import error_consistency as E  # noqa: E402

@@ -1,7 +1,7 @@
 """python benchmarks/simclr_step_profile.py [--steps 2] [--trace_dir /tmp/simclr_trace]
 
 Where the CPU time of the SimCLR train step goes: the step of benchmarks/simclr_throughput.py
-(ResNet-18, CIFAR stem, 32 px, batch 128, `noaug`, the XLA flags `import ssl_jax` sets) traced
+(ResNet-18, CIFAR stem, 32 px, batch 128, `noaug`, the XLA flag of ssl_jax.xla_flags.configure_cpu) traced
 with jax.profiler for a few steps after warm-up; prints the traced XLA ops' time per step,
 grouped by op kind (the HLO name without its number), and writes the compiled HLO next to the
 trace so that a fusion's operands can be looked up. Times are what the profiler records on the
@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
-import ssl_jax  # noqa: E402,F401  (sets the Eigen-convolution flag before JAX starts)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 import simclr_throughput as bench  # noqa: E402
 
 

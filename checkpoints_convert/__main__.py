@@ -11,8 +11,12 @@ end). Errors are one line with exit code 2 (ssl_jax/errors.py; --debug shows the
 import os
 import time
 
-from checkpoints_convert.families import FAMILIES
-from ssl_jax import errors
+from ssl_jax import xla_flags
+
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
+
+from checkpoints_convert.families import FAMILIES  # noqa: E402
+from ssl_jax import errors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ import time
 
 import numpy as np
 
+from ssl_jax import xla_flags
+
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
+
 
 def _resnet50_state_dict(seed: int = 0) -> dict:
     """torchvision resnet50 keys and shapes with random float32 values (torch tensors)."""

@@ -23,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 DEFAULT_RUNS = "simclr,simclr:version=2,byol,moco,moco:version=1,insdis,supervised"

@@ -28,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
-import ssl_jax  # noqa: E402,F401  (sets XLA:CPU flags before JAX starts)
+from ssl_jax import xla_flags  # noqa: E402
+xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

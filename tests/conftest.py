@@ -8,7 +8,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import ssl_jax  # noqa: E402,F401  (adds its XLA:CPU flags before JAX initialises)
+from ssl_jax import xla_flags  # noqa: E402
+
+xla_flags.configure_cpu()  # what the entry points run with: Eigen convolutions on CPU
+
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS set too late?)"
