@@ -26,6 +26,7 @@ from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
 from ssl_jax.evaluation import distortions as D  # noqa: E402
+from ssl_jax.evaluation.confusion import confusion_matrix  # noqa: E402
 from ssl_jax.evaluation import error_consistency as E  # noqa: E402
 from ssl_jax.evaluation import shape_bias as S  # noqa: E402
 
@@ -134,8 +135,9 @@ def main() -> None:
     for lv in levels:
         ts = [t for tr in noise.values() for t in tr.values()
               if D.human_condition_level("uniform_noise", t["condition"]) == lv]
-        m = D.confusion_matrix(np.array([idx.get(t["response"], -1) for t in ts]),
-                               np.array([idx[t["category"]] for t in ts]), 16)
+        m = confusion_matrix(np.array([idx[t["category"]] for t in ts]),
+                             np.array([idx.get(t["response"], -1) for t in ts]), 16,
+                             skip_negative_preds=True)
         mats.append(m)
         conc[str(lv)] = D.response_concentration(m)
     summary["uniform_noise_response_concentration"] = conc

@@ -10,6 +10,7 @@ import scipy.ndimage as ndi
 from skimage.color import rgb2gray
 
 from ssl_jax.evaluation import distortions as D
+from ssl_jax.evaluation.confusion import confusion_matrix
 
 KEY = jax.random.PRNGKey(0)
 
@@ -297,19 +298,20 @@ def test_robustness_curve_confusion_and_plots(tmp_path):
                                   levels=(1.0, 0.0), batch_size=5)
     assert inverted["accuracy"] == [0.0, 0.5]
     assert D._jit_distortion._cache_size() == compiled
-    m = D.confusion_matrix(curve["predictions"][1], labels, 2)
-    np.testing.assert_array_equal(m, sk_confusion(labels, curve["predictions"][1]).T)
+    m = confusion_matrix(labels, curve["predictions"][1], 2)
+    np.testing.assert_array_equal(m, sk_confusion(labels, curve["predictions"][1]))
     assert D.response_concentration(m) == 1.0
-    with pytest.raises(ValueError, match="labels must be in"):
-        D.confusion_matrix(np.array([0, 2]), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="preds must lie in"):
+        confusion_matrix(np.array([0, 1]), np.array([0, 2]), 2, skip_negative_preds=True)
     # A "no response" (-1) is left out of the counts.
-    assert D.confusion_matrix(np.array([-1, 1]), np.array([0, 1]), 2).sum() == 1
-    assert D.response_concentration(D.confusion_matrix(labels, labels, 2)) == 0.5
+    assert confusion_matrix(np.array([0, 1]), np.array([-1, 1]), 2,
+                            skip_negative_preds=True).sum() == 1
+    assert D.response_concentration(confusion_matrix(labels, labels, 2)) == 0.5
 
     path = tmp_path / "curve.png"
     D.plot_robustness_curves({"toy": curve}, str(path), title="contrast")
     cm_path = tmp_path / "cm.png"
-    D.plot_confusion_matrices([D.confusion_matrix(p, labels, 2) for p in curve["predictions"]],
+    D.plot_confusion_matrices([confusion_matrix(labels, p, 2) for p in curve["predictions"]],
                               ["c100", "c0"], ["dark", "bright"], str(cm_path))
     import matplotlib.image as mpimg
     for p in (path, cm_path):

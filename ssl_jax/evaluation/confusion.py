@@ -32,9 +32,17 @@ IMAGENET_RANGES: tuple[tuple[str, int, int], ...] = (
 IMAGENET_ANIMALS_END = 398  # exclusive
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """[C, C] int64 counts, rows = true class, columns = predicted class (sklearn's layout)."""
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int,
+                     skip_negative_preds: bool = False) -> np.ndarray:
+    """[C, C] int64 counts, rows = true class, columns = predicted class (sklearn's layout).
+
+    With `skip_negative_preds`, a negative prediction (no response, e.g. a human trial whose
+    answer is not one of the classes) is left out of the counts instead of being an error."""
     labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels {labels.shape} and preds {preds.shape} differ in shape")
+    if skip_negative_preds:
+        labels, preds = labels[preds >= 0], preds[preds >= 0]
     for name, v in (("labels", labels), ("preds", preds)):
         if v.size and (v.min() < 0 or v.max() >= num_classes):
             raise ValueError(f"{name} must lie in [0, {num_classes}), got [{v.min()}, {v.max()}]")

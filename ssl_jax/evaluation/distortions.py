@@ -1,4 +1,4 @@
-"""The twelve image distortions of Geirhos et al. (002), robustness curves and confusion matrices.
+"""The twelve image distortions of Geirhos et al. (002), robustness curves and confusion plots.
 
 Conventions (all distortions):
   * images are float arrays in [0, 1], shape [..., H, W, 3] (any leading batch dims, any H, W);
@@ -544,25 +544,11 @@ def robustness_curve(predict_fn: Callable[[jax.Array], jax.Array], images: jax.A
             "accuracy": (preds == labels[None]).mean(axis=1).tolist(), "predictions": preds}
 
 
-def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts [n_classes (predicted), n_classes (true)]: rows = responses, columns = truth (002
-    Fig. 4 layout). Negative predictions (no response) are ignored."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ")
-    if predictions.max(initial=-1) >= n_classes or labels.max(initial=-1) >= n_classes \
-            or labels.min(initial=0) < 0:
-        raise ValueError(f"labels must be in [0, {n_classes}) and predictions < {n_classes}")
-    m = np.zeros((n_classes, n_classes), np.int64)
-    ok = predictions >= 0
-    np.add.at(m, (predictions[ok], labels[ok]), 1)
-    return m
-
-
 def response_concentration(confusion: np.ndarray) -> float:
     """Fraction of all responses that go to the single most chosen class (1/n_classes for
-    evenly spread responses, 1 for total collapse onto one class)."""
-    totals = confusion.sum(axis=1)
+    evenly spread responses, 1 for total collapse onto one class). `confusion` is
+    confusion.confusion_matrix's [truth, response] counts."""
+    totals = confusion.sum(axis=0)
     return float(totals.max() / max(totals.sum(), 1))
 
 
@@ -598,10 +584,11 @@ def plot_robustness_curves(curves: Mapping[str, Mapping], path: str,
 
 def plot_confusion_matrices(matrices: Sequence[np.ndarray], level_names: Sequence[str],
                             class_names: Sequence[str], path: str, title: str = "") -> None:
-    """Row of confusion matrices (rows: response, columns: truth), one per level (002 Fig. 4).
+    """Row of confusion matrices, one per level, drawn as 002 Fig. 4 does: rows response,
+    columns truth. `matrices` are confusion.confusion_matrix's [truth, response] counts.
 
-    Each matrix is normalised by its column sums so that a collapse onto one response class
-    shows up as one bright row.
+    Each drawn matrix is normalised by its column sums so that a collapse onto one response
+    class shows up as one bright row.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -610,7 +597,7 @@ def plot_confusion_matrices(matrices: Sequence[np.ndarray], level_names: Sequenc
     n = len(matrices)
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.7), squeeze=False)
     for ax, m, name in zip(axes[0], matrices, level_names):
-        col = m / np.maximum(m.sum(axis=0, keepdims=True), 1)
+        col = m.T / np.maximum(m.T.sum(axis=0, keepdims=True), 1)
         ax.imshow(col, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{name}\nconc.={response_concentration(m):.2f}", fontsize=8)
         ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=5)
