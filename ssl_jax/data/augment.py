@@ -42,6 +42,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.data import colour
+
 Array = jax.Array
 
 _BRIGHTNESS_IMPLS = ("multiplicative", "additive")
@@ -62,8 +64,7 @@ def to_grayscale(img: Array) -> Array:
 
 
 def _wrap(x: Array, period: float) -> Array:
-    """x mod period via floor: jnp.mod lowers to fmod, ~30x slower on XLA:CPU."""
-    return x - period * jnp.floor(x / period)
+    return colour.wrap(x, period, jnp)
 
 
 def rgb_to_hsv(img: Array) -> Array:
@@ -85,14 +86,7 @@ def rgb_to_hsv(img: Array) -> Array:
 
 def hsv_to_rgb(hsv: Array) -> Array:
     """[..., 3] HSV in [0, 1] (hue taken mod 1) -> [..., 3] RGB."""
-    hue, sat, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    hue6 = _wrap(hue, 1.0) * 6.0
-    # Closed form: channel n (R=5, G=3, B=1) = v - v s clip(min(k, 4 - k), 0, 1),
-    # k = (n + 6h) mod 6; avoids a 6-way sector switch.
-    def channel(n: float) -> Array:
-        k = _wrap(n + hue6, 6.0)
-        return value - value * sat * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
-    return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
+    return colour.hsv_to_rgb(hsv, jnp)
 
 
 def adjust_brightness(img: Array, factor: Array) -> Array:

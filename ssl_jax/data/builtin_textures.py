@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ssl_jax.data import colour
+
 TEXTURE_NAMES: tuple[str, ...] = (
     "stripes", "checker", "dots", "grid", "zigzag", "rings", "speckle",
     "brick", "grass", "gravel",
@@ -207,17 +209,11 @@ def render_textures(family: np.ndarray, resolution: int,
 
 
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vectorised HSV -> RGB; h, s, v in [0, 1] (h wraps), any equal shapes.
-
-    Returns [..., 3] float32 in [0, 255].
+    """Vectorised HSV -> RGB (colour.hsv_to_rgb); h, s, v in [0, 1] (h wraps), any equal
+    shapes. Returns [..., 3] float32 in [0, 255].
     """
-    h = (np.asarray(h, np.float32) % 1.0) * 6.0
-    s = np.asarray(s, np.float32)
-    v = np.asarray(v, np.float32)
-    # Standard piecewise form: each channel is v minus a clipped triangle of hue.
-    k = (np.array([5.0, 3.0, 1.0], np.float32) + h[..., None]) % 6.0
-    tri = np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
-    return (255.0 * (v[..., None] - v[..., None] * s[..., None] * tri)).astype(np.float32)
+    hsv = np.stack([np.asarray(a, np.float32) for a in (h, s, v)], axis=-1)
+    return (255.0 * colour.hsv_to_rgb(hsv, np)).astype(np.float32)
 
 
 def _background_colours(n: int, k: int, hue: np.ndarray | None,
