@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_jax import models
-from ssl_jax.models import (LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2,
+from ssl_jax.models import (LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2,
                             get_model, layer_names)
 
 KEY = jax.random.key(0)
@@ -272,7 +272,7 @@ def test_projection_mlp_v2_matches_numpy(train):
 
 def test_byol_predictor_matches_torch_train_mode():
     x = np.random.default_rng(4).normal(size=(8, 6)).astype(np.float32)
-    head = Predictor(hidden_dim=9, out_dim=5)
+    head = MLPHead(hidden_dim=9, out_dim=5)
     v = _random_variables(head, x, seed=5)
     p, s = v["params"], v["batch_stats"]
     ref = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.BatchNorm1d(9), torch.nn.ReLU(),
@@ -293,7 +293,7 @@ def test_byol_predictor_matches_torch_train_mode():
     # momentum 0.9 in flax == torch's 0.1: same running mean after one step.
     np.testing.assert_allclose(new["batch_stats"]["bn_0"]["mean"], ref[1].running_mean.numpy(),
                                rtol=1e-5, atol=1e-6)
-    assert head.hidden_dim == 9 and Predictor().hidden_dim == 4096 and Predictor().out_dim == 256
+    assert head.hidden_dim == 9 and MLPHead().hidden_dim == 4096 and MLPHead().out_dim == 256
 
 
 def test_linear_classifier_and_bf16_head():
@@ -311,8 +311,8 @@ def test_linear_classifier_and_bf16_head():
                                x @ vp["params"]["dense"]["kernel"] + vp["params"]["dense"]["bias"],
                                rtol=1e-5, atol=1e-5)
 
-    fp32 = Predictor(hidden_dim=16, out_dim=4)
-    bf16 = Predictor(hidden_dim=16, out_dim=4, dtype=jnp.bfloat16)
+    fp32 = MLPHead(hidden_dim=16, out_dim=4)
+    bf16 = MLPHead(hidden_dim=16, out_dim=4, dtype=jnp.bfloat16)
     vh = _random_variables(fp32, x)
     out16, _ = bf16.apply(vh, x, train=True, mutable=["batch_stats"])
     out32, _ = fp32.apply(vh, x, train=True, mutable=["batch_stats"])

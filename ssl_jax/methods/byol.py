@@ -70,11 +70,11 @@ class Method:
     def __init__(self, config):
         cfg = config.byol
         # Configs saved before `predictor` existed had one.
-        predictor = (heads.Predictor(hidden_dim=cfg.pred_hidden_dim, out_dim=cfg.proj_dim)
+        predictor = (heads.MLPHead(hidden_dim=cfg.pred_hidden_dim, out_dim=cfg.proj_dim)
                      if cfg.get("predictor", True) else None)
         self.net = BYOLNet(
             build_backbone(config),
-            heads.Predictor(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim), predictor)
+            heads.MLPHead(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim), predictor)
         if not 0.0 <= cfg.base_ema <= 1.0:
             raise ValueError(f"byol.base_ema={cfg.base_ema} must be in [0, 1]")
         self.base_ema = float(cfg.base_ema)

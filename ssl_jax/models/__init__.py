@@ -15,7 +15,7 @@ import flax.linen as nn
 from ssl_jax.models import alexnet, plain, resnet, vgg
 from ssl_jax.models.alexnet import AlexNet
 from ssl_jax.models.plain import PlainCNN
-from ssl_jax.models.heads import LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2
+from ssl_jax.models.heads import LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.models.vgg import VGG
 from ssl_jax.models.load import load  # noqa: E402  (converted zoo checkpoints)
@@ -24,7 +24,7 @@ MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "al
                "alexnet_bn", "vgg16", "vgg16_bn", "plain10")
 
 __all__ = ["MODEL_NAMES", "get_model", "layer_names", "ResNet", "AlexNet", "VGG", "PlainCNN",
-           "ProjectionMLP", "ProjectionMLPv2", "Predictor", "LinearClassifier"]
+           "ProjectionMLP", "ProjectionMLPv2", "MLPHead", "LinearClassifier"]
 
 
 def _check_name(name: str) -> None:

@@ -72,10 +72,10 @@ class ProjectionMLPv2(nn.Module):
         return x.astype(jnp.float32)
 
 
-class Predictor(nn.Module):
-    """BYOL MLP: Dense(hidden, bias) -> BN -> ReLU -> Dense(out_dim, bias).
+class MLPHead(nn.Module):
+    """Two-layer MLP head: Dense(hidden, bias) -> BN -> ReLU -> Dense(out_dim, bias).
 
-    BYOL uses this block for both the projector and the predictor (hidden 4096, out 256).
+    BYOL builds both its projector and its predictor from it (hidden 4096, out 256).
     """
     hidden_dim: int = 4096
     out_dim: int = 256

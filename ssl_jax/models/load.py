@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.models.heads import LinearClassifier, Predictor, ProjectionMLP, ProjectionMLPv2
+from ssl_jax.models.heads import LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2
 
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
@@ -48,10 +48,10 @@ class Prototypes(nn.Module):
 def build_head(kind: str, **kwargs: Any) -> nn.Module:
     """Head module of a converted checkpoint by kind (one of HEAD_KINDS).
 
-    linear: LinearClassifier (``num_classes``); mlp: ProjectionMLP; mlp_bn: Predictor
+    linear: LinearClassifier (``num_classes``); mlp: ProjectionMLP; mlp_bn: MLPHead
     (Dense-BN-ReLU-Dense); mlp_v2: ProjectionMLPv2; prototypes: Prototypes (``sizes``).
     """
-    classes = {"linear": LinearClassifier, "mlp": ProjectionMLP, "mlp_bn": Predictor,
+    classes = {"linear": LinearClassifier, "mlp": ProjectionMLP, "mlp_bn": MLPHead,
                "mlp_v2": ProjectionMLPv2, "prototypes": Prototypes}
     if kind not in classes:
         raise ValueError(f"unknown head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
