@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssl_jax.data import copy_paste as copy_paste_lib, crop
+from ssl_jax.data.indexing import example_index, split_offsets
 
 BUILTIN = "shapes_textures"
 
@@ -70,29 +71,6 @@ def _decode_image(builder, encoded):
     if image.shape.rank == 3 and image.shape[-1] == 1:
         image = tf.image.grayscale_to_rgb(image)
     return image
-
-
-def split_offsets(builder, split: str) -> tuple[list[int], int]:
-    """(first global index of each shard file, number of examples) of the base split of
-    `split` ("train[:90%]" -> "train"): the index space of `example_index`."""
-    info = builder.info.splits[split.split("[")[0]]
-    lengths = list(info.shard_lengths) or [info.num_examples]
-    offsets = [0]
-    for n in lengths[:-1]:
-        offsets.append(offsets[-1] + n)
-    return offsets, int(info.num_examples)
-
-
-def example_index(tfds_id: tf.Tensor, offsets: list[int]) -> tf.Tensor:
-    """Stable int32 position of an example in its split, from TFDS's `tfds_id`
-    ("<name>-<split>.tfrecord-SSSSS-of-NNNNN__<record>"): shard offset + record. It does not
-    depend on shuffling, caching, sharding or the epoch, so a memory bank row always belongs
-    to the same image."""
-    file_part, record = tf.strings.split(tfds_id, "__")[0], tf.strings.split(tfds_id, "__")[1]
-    shard = tf.strings.to_number(
-        tf.strings.split(tf.strings.split(file_part, ".tfrecord-")[-1], "-of-")[0], tf.int64)
-    offset = tf.gather(tf.constant(offsets, tf.int64), shard)
-    return tf.cast(offset + tf.strings.to_number(record, tf.int64), tf.int32)
 
 
 def example_view_seed(seed: int, index: tf.Tensor, view_index: int) -> tf.Tensor:

@@ -22,7 +22,7 @@ disconnected from the border (on the built-in dataset F-beta 0.62 -> 0.69 with i
 docs/METHODS.md). Their per-image adaptive sigmas are left out (fixed s_clr = 10).
 
 Training reads masks precomputed once per split (`compute_split_masks`: an .npy of uint8
-[N, H, W] rows keyed by `pipeline.example_index`), so SLIC never runs inside tf.data.
+[N, H, W] rows keyed by `indexing.example_index`), so SLIC never runs inside tf.data.
 """
 from __future__ import annotations
 
@@ -209,16 +209,16 @@ def mask_cache_path(cache_dir: str, dataset: str, split: str) -> str:
 def compute_split_masks(builder, split: str, path: str, progress: bool = True,
                         **rbd_kwargs) -> np.ndarray:
     """RBD masks of every example of `split`, saved to `path` as uint8 [N, H, W] (saliency x
-    255) with row = `pipeline.example_index`; loaded instead when `path` exists."""
+    255) with row = `indexing.example_index`; loaded instead when `path` exists."""
     if os.path.exists(path):
         return np.load(path)
     import tensorflow_datasets as tfds
-    from ssl_jax.data import pipeline  # imported here: the RBD functions need no TensorFlow
+    from ssl_jax.data import indexing  # imported here: the RBD functions need no TensorFlow
 
-    offsets, n = pipeline.split_offsets(builder, split)
+    offsets, n = indexing.split_offsets(builder, split)
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(add_tfds_id=True))
-    ds = ds.map(lambda ex: (pipeline.example_index(ex["tfds_id"], offsets), ex["image"]))
+    ds = ds.map(lambda ex: (indexing.example_index(ex["tfds_id"], offsets), ex["image"]))
     out = None
     for index, image in tqdm(ds.as_numpy_iterator(), total=n, desc=f"RBD {split}",
                              disable=not progress, dynamic_ncols=True):
