@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,6 +40,9 @@ config_flags.DEFINE_config_file("config", None, "Evaluator config, e.g. configs/
 flags.DEFINE_string("outdir", None, "Where metrics.json, figures and report.md are written.")
 flags.mark_flags_as_required(["config", "outdir"])
 FLAGS = flags.FLAGS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EVALUATORS = ("linear", "per_layer", "confusion", "retrieval", "similarity", "attention")
 # Default per-layer probe points: stage outputs, by the last component of the sown name.

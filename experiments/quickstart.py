@@ -12,7 +12,6 @@ training from its checkpoints; finished runs are evaluated again, not retrained.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -2,7 +2,6 @@
 properties, presets; host crops vs numpy references and a torchvision-algorithm simulation."""
 
 import dataclasses
-import functools
 import math
 
 import jax

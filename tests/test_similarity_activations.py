@@ -2,7 +2,6 @@
 dense output, checked against direct numpy/torch computations on the whole dataset."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -6,7 +6,6 @@ so BatchNorm statistics are computed over all 2N images of the global batch.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses

@@ -24,7 +24,7 @@ MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "al
                "alexnet_bn", "vgg16", "vgg16_bn", "plain10")
 
 __all__ = ["MODEL_NAMES", "get_model", "layer_names", "ResNet", "AlexNet", "VGG", "PlainCNN",
-           "ProjectionMLP", "ProjectionMLPv2", "MLPHead", "LinearClassifier"]
+           "ProjectionMLP", "ProjectionMLPv2", "MLPHead", "LinearClassifier", "load"]
 
 
 def _check_name(name: str) -> None:

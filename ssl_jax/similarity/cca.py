@@ -11,7 +11,6 @@ there every linearly invariant similarity is trivially 1 (Kornblith et al. 2019,
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
