@@ -25,8 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # every step needs base_ema 0 AND total_steps >> the steps taken, since the cosine
     # schedule raises tau from base_ema to 1 over total_steps).
     c.byol = ml_collections.ConfigDict(dict(base_ema=0.99, proj_hidden_dim=4096,
-                                            pred_hidden_dim=4096, proj_dim=256, predictor=True))
+                                            pred_hidden_dim=4096, proj_dim=256, predictor=True,
+                                            projector_output_bn=False))
     c.augment.update(preset="byol")
+    # Learning-rate factor per top-level parameter subtree (ssl_jax.optim.with_lr_multipliers).
+    c.optimizer.lr_multipliers = ml_collections.ConfigDict(dict(predictor=1.0))
     if a.variant == "smoke":
         c.byol.update(proj_hidden_dim=64, pred_hidden_dim=64, proj_dim=32)
     elif a.variant == "quickstart":

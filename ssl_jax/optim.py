@@ -30,11 +30,45 @@ def learning_rate_schedule(base_lr: float, batch_size: int, total_steps: int,
 
 def build_optimizer(name: str, schedule: optax.Schedule, weight_decay: float,
                     momentum: float = 0.9, lars_eta: float = 1e-3,
-                    clip_grad_norm: float = 0.0) -> optax.GradientTransformation:
+                    clip_grad_norm: float = 0.0,
+                    lr_multipliers: dict[str, float] | None = None
+                    ) -> optax.GradientTransformation:
     """`name` in OPTIMIZERS. Weight decay is applied to `decay_mask` leaves only. With
-    `clip_grad_norm` > 0 the gradients are first scaled to a global norm of at most that."""
-    return with_clipping(_optimizer(name, schedule, weight_decay, momentum, lars_eta),
-                         clip_grad_norm)
+    `clip_grad_norm` > 0 the gradients are first scaled to a global norm of at most that.
+    `lr_multipliers` {top-level parameter subtree: factor} scales those subtrees' learning
+    rate (`with_lr_multipliers`)."""
+    tx = _optimizer(name, schedule, weight_decay, momentum, lars_eta)
+    return with_clipping(with_lr_multipliers(tx, lr_multipliers or {}), clip_grad_norm)
+
+
+def with_lr_multipliers(tx: optax.GradientTransformation, multipliers: dict[str, float]
+                        ) -> optax.GradientTransformation:
+    """`tx` whose updates for the top-level parameter subtrees named in `multipliers` are
+    scaled by their factor (e.g. {"predictor": 10.0}: BYOL's predictor at 10x the rate).
+
+    Every optimizer here is linear in its learning rate (SGD and LARS momentum accumulate
+    lr * u, AdamW's step is lr times a rate-free direction, decoupled decay included), so
+    scaling a subtree's update by f each step is the same as running that subtree at f times
+    the schedule. The state is exactly `tx`'s (as `with_clipping`), so checkpoints are
+    unchanged. Factors of 1 are no-ops; unknown names are an error at the first update."""
+    scaled = {k: float(v) for k, v in multipliers.items() if float(v) != 1.0}
+    for k, v in scaled.items():
+        if v < 0:
+            raise ValueError(f"optimizer.lr_multipliers.{k}={v} is negative; valid: >= 0")
+    if not scaled:
+        return tx
+
+    def update(updates, state, params=None):
+        updates, state = tx.update(updates, state, params)
+        unknown = sorted(set(scaled) - set(updates))
+        if unknown:
+            raise ValueError(f"optimizer.lr_multipliers names {', '.join(unknown)}, which "
+                             f"the model has no parameters for; valid: {', '.join(updates)}")
+        updates = {k: (jax.tree.map(lambda u, f=scaled[k]: u * f, v) if k in scaled else v)
+                   for k, v in updates.items()}
+        return updates, state
+
+    return optax.GradientTransformation(tx.init, update)
 
 
 def with_clipping(tx: optax.GradientTransformation, max_norm: float

@@ -271,7 +271,8 @@ def build_optimizer(config, steps: int):
                                             oc.get("scale_with_batch", True))
     return schedule, optim.build_optimizer(oc.name, schedule, oc.weight_decay,
                                            oc.get("momentum", 0.9), oc.get("lars_eta", 1e-3),
-                                           clip_grad_norm=oc.get("clip_grad_norm", 0.0))
+                                           clip_grad_norm=oc.get("clip_grad_norm", 0.0),
+                                           lr_multipliers=dict(oc.get("lr_multipliers", {})))
 
 
 def abstract_train_state(method, tx, mesh, image_size: int,

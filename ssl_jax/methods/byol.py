@@ -74,7 +74,8 @@ class Method:
                      if cfg.get("predictor", True) else None)
         self.net = BYOLNet(
             build_backbone(config),
-            heads.MLPHead(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim), predictor)
+            heads.MLPHead(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim,
+                          output_bn=cfg.get("projector_output_bn", False)), predictor)
         if not 0.0 <= cfg.base_ema <= 1.0:
             raise ValueError(f"byol.base_ema={cfg.base_ema} must be in [0, 1]")
         self.base_ema = float(cfg.base_ema)

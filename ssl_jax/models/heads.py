@@ -76,16 +76,24 @@ class MLPHead(nn.Module):
     """Two-layer MLP head: Dense(hidden, bias) -> BN -> ReLU -> Dense(out_dim, bias).
 
     BYOL builds both its projector and its predictor from it (hidden 4096, out 256).
+    `output_bn` appends a BatchNorm without scale or shift (SimSiam's projector output): each
+    output dimension is standardised over the batch, so no direction common to all images is
+    left in the output.
     """
     hidden_dim: int = 4096
     out_dim: int = 256
+    output_bn: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="dense_0")(x)
         x = nn.relu(_bn(train, self.dtype, "bn_0")(x))
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x).astype(jnp.float32)
+        x = nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x)
+        if self.output_bn:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             use_scale=False, use_bias=False, dtype=self.dtype, name="bn_out")(x)
+        return x.astype(jnp.float32)
 
 
 class LinearClassifier(nn.Module):
