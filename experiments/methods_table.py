@@ -2,11 +2,12 @@
 
 Trains every method (default: SimCLR v1/v2, BYOL, MoCo v1/v2, InsDis, supervised) on the
 built-in data at its `quickstart` config, all for the same number of optimizer steps
-(`--steps`; 0 keeps each config's own budget), for each seed in `--seeds`, with the trainer's
+(`--steps`, default 624; 0 keeps each config's own budget), for each seed in `--seeds`, with the trainer's
 periodic kNN evaluation switched on; then scores the frozen backbone features of every run and
-of a random-init network per seed (weighted kNN and the linear probe on the test split) and
-writes OUTDIR/methods_table.{md,json} and OUTDIR/knn_curves.png (each method's kNN top-1 over
-training, mean over seeds, random init as a dashed line). Re-running resumes unfinished runs
+of a random-init network per seed, as initialised and with its BatchNorm statistics estimated
+on the train split (`frozen.recalibrate_batch_stats`), by weighted kNN and the linear probe on
+the test split; writes OUTDIR/methods_table.{md,json} and OUTDIR/knn_curves.png (each method's
+kNN top-1 over training, mean over seeds, the two random inits as horizontal lines). Re-running resumes unfinished runs
 and reuses finished evaluations (OUTDIR/<run>/eval.json).
 
 `--override KEY=VALUE` (repeatable) applies to every run's config, e.g.
@@ -28,6 +29,7 @@ xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_j
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 DEFAULT_RUNS = "simclr,simclr:version=2,byol,moco,moco:version=1,insdis,supervised"
+RANDOM_BN = "random-init, BN stats from data"
 
 
 def parse_args(argv=None):
@@ -37,8 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=DEFAULT_RUNS,
                    help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py)")
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    p.add_argument("--steps", type=int, default=0,
-                   help="optimizer steps for every run (0: each config's own budget)")
+    p.add_argument("--steps", type=int, default=624,
+                   help="optimizer steps for every run (default: 624, SimCLR's quickstart "
+                        "budget; 0: each config's own)")
     p.add_argument("--knn_evals", type=int, default=8,
                    help="kNN evaluations during each run (the curves in knn_curves.png)")
     p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
@@ -96,7 +99,8 @@ def main(argv=None):
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     from ssl_jax import sharding, train
-    from ssl_jax.evaluation.frozen import evaluate_features, random_init, split_features
+    from ssl_jax.evaluation.frozen import (evaluate_features, random_init,
+                                          recalibrate_batch_stats, split_features)
 
     os.makedirs(args.outdir, exist_ok=True)
     mesh = sharding.make_mesh()
@@ -134,19 +138,25 @@ def main(argv=None):
         results[run] = res
         print(f"{run}: linear {res['linear_top1']:.2f}  kNN {res['knn_top1']:.2f}", flush=True)
 
-    # Random init: the first run's architecture, one network per seed.
+    # Random init: the first run's architecture, one network per seed, as initialised (its
+    # BatchNorms are the identity in eval mode) and with its BatchNorm statistics estimated
+    # on the train split (what normalisation alone does to random features).
     base_name, base = next(iter(runs.values()))
     for seed in (int(s) for s in args.seeds.split(",")):
-        run = f"random-init-s{seed}"
-        cached = os.path.join(args.outdir, f"{run}.json")
-        if os.path.exists(cached):
-            with open(cached) as f:
-                results[run] = json.load(f)
-            continue
-        method, state = random_init(base, mesh, seed + 1000, args.data_dir)
-        results[run] = dict(evaluate(base, method, state), method="random-init", seed=seed)
-        with open(cached, "w") as f:
-            json.dump(results[run], f, indent=2)
+        method, state = None, None
+        for label, recalibrate in (("random-init", False), (RANDOM_BN, True)):
+            run = f"{label}-s{seed}"
+            cached = os.path.join(args.outdir, f"{run}.json")
+            if os.path.exists(cached):
+                with open(cached) as f:
+                    results[run] = json.load(f)
+                continue
+            if state is None:
+                method, state = random_init(base, mesh, seed + 1000, args.data_dir)
+            scored = recalibrate_batch_stats(base, state, args.data_dir) if recalibrate else state
+            results[run] = dict(evaluate(base, method, scored), method=label, seed=seed)
+            with open(cached, "w") as f:
+                json.dump(results[run], f, indent=2)
 
     write_table(args, runs, results)
 
@@ -200,6 +210,9 @@ def write_table(args, runs, results):
         mean = [sum(a[i] for _, a in per_seed) / len(per_seed) for i in range(n)]
         ax.plot(steps, mean, marker="o", ms=3, label=name)
     ax.axhline(random_knn, color="k", ls="--", lw=1, label="random init")
+    if RANDOM_BN in methods:
+        ax.axhline(summarise([r["knn_top1"] for r in methods[RANDOM_BN]])[0], color="k", ls=":",
+                   lw=1, label=RANDOM_BN)
     ax.set(xlabel="optimizer step", ylabel="kNN top-1 % (test split)",
            title=f"kNN accuracy over training ({base.dataset.name})")
     ax.legend(fontsize=8)

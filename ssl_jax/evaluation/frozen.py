@@ -73,3 +73,57 @@ def random_init(config, mesh, seed: int, data_dir: str | None = None):
     _, tx = train.build_optimizer(config, 1)
     init_fn, _ = train.abstract_train_state(method, tx, mesh, config.dataset.image_size)
     return method, init_fn(jax.random.key(seed))
+
+
+def recalibrate_batch_stats(config, state, data_dir: str | None = None, batch_size: int = 128):
+    """`state` with its backbone's BatchNorm running statistics replaced by their average over
+    `config`'s train split (one pass, eval transform, train-mode BN: each batch's mean and
+    biased variance, averaged over the full batches, as torch's `update_bn` does).
+
+    Why: an untrained network's running statistics are the initial (mean 0, variance 1), so
+    in eval mode its BatchNorms are the identity and its features are those of an
+    unnormalised random network. Any trained network runs its BatchNorms with statistics of
+    the data instead. The random network with recalibrated statistics separates what
+    training learned from what normalisation alone changes. Every method here keeps its
+    encoder under the `backbone` parameter subtree and feeds it `normalize(images)`."""
+    import jax
+    import jax.numpy as jnp
+    from ssl_jax import train
+    from ssl_jax.data import pipeline
+    from ssl_jax.methods.common import build_backbone, normalize
+
+    backbone = build_backbone(config)
+    params = state.params["backbone"]
+    initial = state.model_state["batch_stats"]["backbone"]
+
+    @jax.jit
+    def batch_statistics(images):
+        """Each BatchNorm's statistics of this batch. Flax only exposes the updated running
+        average m * old + (1 - m) * batch; with old = 0 and old = 1 the two results give
+        m = difference and batch = result(0) / (1 - m), whatever the modules' momentum."""
+        def updated(old):
+            _, new = backbone.apply({"params": params, "batch_stats": old},
+                                    normalize(train.to_float(images)), train=True,
+                                    mutable=["batch_stats"])
+            return new["batch_stats"]
+        from_zero = updated(jax.tree.map(jnp.zeros_like, initial))
+        from_one = updated(jax.tree.map(jnp.ones_like, initial))
+        return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), from_zero, from_one)
+
+    builder = pipeline.load_builder(config.dataset.name, data_dir or config.dataset.get("data_dir"))
+    total, count = None, 0
+    for batch in pipeline.eval_iterator(builder, config.dataset.train_split,
+                                        global_batch_size=batch_size,
+                                        image_size=config.dataset.image_size,
+                                        crop_fraction=config.dataset.get("eval_crop_fraction", 1.0)):
+        if not batch["valid"].all():  # the padded last batch would skew the statistics
+            continue
+        stats = batch_statistics(jnp.asarray(batch["image"]))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        count += 1
+    if not count:
+        raise ValueError(f"{config.dataset.train_split!r} has fewer than {batch_size} examples: "
+                         "no full batch to estimate BatchNorm statistics from")
+    batch_stats = {**state.model_state["batch_stats"],
+                   "backbone": jax.tree.map(lambda t: t / count, total)}
+    return state.replace(model_state={**state.model_state, "batch_stats": batch_stats})
