@@ -1,7 +1,7 @@
 """THE trainer: mesh -> data -> init (eval_shape) -> jit step -> checkpoints -> evals.
 
-One readable loop for every method; the method module supplies init / loss / features /
-after_update (see ssl_jax/methods/__init__.py) and nothing here is method-specific.
+One readable loop for every method; the method supplies init / loss / features /
+after_update (the contract: ssl_jax/methods/base.py) and nothing here is method-specific.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ssl_jax import checkpointing, metrics as metrics_lib, optim, sharding
 from ssl_jax.data import augment, copy_paste, pipeline
-from ssl_jax.methods import get_method
+from ssl_jax.methods import Method, get_method
 
 log = logging.getLogger("ssl_jax.train")
 
@@ -54,13 +54,13 @@ def device_augment(rng: jax.Array, images: jax.Array, preset: augment.Preset) ->
                       for v in range(len(preset.views))], axis=1)
 
 
-def init_state(method, tx: optax.GradientTransformation, rng: jax.Array, image_shape) -> TrainState:
+def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array, image_shape) -> TrainState:
     params, model_state = method.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                       opt_state=tx.init(params))
 
 
-def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dict,
+def loss_and_grads(method: Method, preset: augment.Preset, state: TrainState, batch: dict,
                    rng: jax.Array):
     """((loss, (new_model_state, metrics)), grads) of one step on a global batch
     {"image": uint8 [B, V, H, W, 3], "label": [B]} (+ "index": [B] for methods with
@@ -69,7 +69,7 @@ def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dic
     rng = jax.random.fold_in(rng, state.step)
     aug_rng, loss_rng = jax.random.split(rng)
     views = device_augment(aug_rng, batch["image"], preset)
-    extra = {"index": batch["index"]} if getattr(method, "needs_index", False) else {}
+    extra = {"index": batch["index"]} if method.needs_index else {}
 
     def loss_fn(params):
         return method.loss(params, state.model_state, views, batch["label"], loss_rng, **extra)
@@ -77,7 +77,7 @@ def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dic
     return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
 
-def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Preset,
+def make_train_step(method: Method, tx: optax.GradientTransformation, preset: augment.Preset,
                     schedule: optax.Schedule) -> Callable:
     """(state, batch, rng) -> (state, metrics): `loss_and_grads`, then the optimizer update and
     the method's after_update (EMA targets, queues, banks)."""
@@ -274,7 +274,7 @@ def build_optimizer(config, steps: int):
                                            clip_grad_norm=oc.get("clip_grad_norm", 0.0))
 
 
-def abstract_train_state(method, tx, mesh, image_size: int,
+def abstract_train_state(method: Method, tx, mesh, image_size: int,
                          shard_state_bytes: int = sharding.SHARD_STATE_BYTES):
     """(jitted init fn rng -> TrainState, its abstract shapes with shardings). Parameters and
     optimizer state are replicated; model-state leaves of >= shard_state_bytes (memory banks,
@@ -409,7 +409,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         builder, config.dataset.train_split, config.batch_size,
         preset.views, size, seed=config.seed, start_step=start,
         cache=config.dataset.get("cache", True),
-        with_index=getattr(method, "needs_index", False), copy_paste=paste)
+        with_index=method.needs_index, copy_paste=paste)
     writer = metrics_lib.MetricWriter(workdir)
 
     def knn_eval(state) -> dict[str, float]:
