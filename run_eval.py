@@ -262,7 +262,7 @@ def eval_linear(config, ctx: dict) -> tuple[dict, list[str]]:
                                 knn_k=config.knn_k, knn_temperature=config.knn_temperature,
                                 probe_grid=config.probe_grid,
                                 few_shot_episodes=config.few_shot_episodes,
-                                reliability_path=os.path.join(ctx["outdir"], "reliability.png"))
+                                outdir=ctx["outdir"])
     lines = ["Reliability diagram of the linear probe (test split, 15 bins): "
              "`reliability.png`.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]

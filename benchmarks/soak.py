@@ -28,7 +28,7 @@ TMP = ".orbax-checkpoint-tmp"
 def command(workdir: str, data_dir: str, steps: int) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "run_train.py"), "--config",
             os.path.join(ROOT, "configs/simclr.py:smoke"), "--workdir", workdir,
-            f"--config.dataset.data_dir={data_dir}", "--config.eval.every_steps=0",
+            f"--config.dataset.data_dir={data_dir}", "--config.evals.knn.every_steps=0",
             f"--config.num_steps={steps}", "--config.checkpoint_every=2",
             "--config.keep_checkpoints=3"]
 

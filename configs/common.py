@@ -139,8 +139,19 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1,
         warmup_steps=0, scale_with_batch=True, lars_eta=1e-3, clip_grad_norm=0.0))
-    c.eval = ml_collections.ConfigDict(dict(
-        batch_size=512, every_steps=0, knn_k=200, knn_temperature=0.07))
+    # Evaluation while training. eval.batch_size: the feature-extraction batch every evaluator
+    # shares. evals: the evaluators (ssl_jax/evaluators) the trainer runs on frozen features,
+    # each every `every_steps` steps and at the end of the run (0 = never), with its settings.
+    c.eval = ml_collections.ConfigDict(dict(batch_size=512))
+    c.evals = ml_collections.ConfigDict(dict(
+        knn=dict(every_steps=0, k=200, temperature=0.07),
+        # A 5-point C grid (004: 45) keeps a periodic probe cheap; no calibration.
+        linear_probe=dict(every_steps=0, probe_grid=5, calibrate=False)))
+    # A linear classifier trained on stop-gradient `method.features` of the first view, beside
+    # the method, with its own optimizer: its train accuracy (online_linear_top1) shows
+    # progress while pretraining and it never changes the method's trajectory (see
+    # ssl_jax/online_probe.py). Off for `supervised`, which trains a classifier itself.
+    c.online_probe = ml_collections.ConfigDict(dict(enabled=True, learning_rate=1e-2))
 
     if variant in ("smoke", "quickstart"):
         # quickstart keeps torchvision's strided stem even at 32 px: 8x8 maps after the stem
@@ -160,23 +171,23 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
         c.batch_size = 32
         c.log_every = 1
         c.checkpoint_every = 2
-        c.eval.update(batch_size=128, every_steps=6)
+        c.eval.batch_size = 128
+        c.evals.knn.every_steps = 6
     elif variant == "quickstart":
         c.log_every = 10
         c.checkpoint_every = 100
-        c.eval.update(every_steps=0)
     elif variant == "cifar10":
         c.model.update(cifar_stem=True)
         c.dataset.update(name="cifar10", train_split="train", eval_split="test", image_size=32,
                          num_classes=10, eval_crop_fraction=1.0, cache=True)
         c.batch_size = 512
-        c.eval.update(every_steps=5000)
+        c.evals.knn.every_steps = 5000
+        c.evals.linear_probe.every_steps = 5000
         c.checkpoint_every = 1000
     elif variant == "imagenet":
         c.model.name = "resnet50"
         c.compute_dtype = "bfloat16"
         c.batch_size = 4096
-        c.eval.update(every_steps=0)
         c.checkpoint_every = 2500
     return c
 

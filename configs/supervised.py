@@ -15,6 +15,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(a.variant)
     c.method = "supervised"
     c.supervised = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+    # Its own classifier `fc` already reports train_accuracy; an online probe would repeat it.
+    c.online_probe.enabled = False
     c.augment.update(preset="supervised")
     c.optimizer.update(name="sgd", base_lr=0.1, weight_decay=5e-4, momentum=0.9,
                        warmup_fraction=0.0)

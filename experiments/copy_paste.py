@@ -111,7 +111,7 @@ def main():
     def evaluate(config, method, state) -> dict[str, float]:
         (trx, try_), (tex, tey) = split_features(method, state, config, mesh, args.data_dir)
         out = evaluate_features(trx, try_, tex, tey, config.dataset.num_classes,
-                                knn_k=config.eval.knn_k, knn_temperature=config.eval.knn_temperature,
+                                knn_k=config.evals.knn.k, knn_temperature=config.evals.knn.temperature,
                                 probe_grid=args.probe_grid, few_shot_episodes=0)
         out["shape_probe_top1"] = shape_probe(tex, tey, config.dataset.num_classes,
                                               args.probe_grid)

@@ -108,8 +108,8 @@ def main(argv=None):
     def evaluate(config, method, state) -> dict[str, float]:
         (trx, try_), (tex, tey) = split_features(method, state, config, mesh)
         return evaluate_features(trx, try_, tex, tey, config.dataset.num_classes,
-                                 knn_k=config.eval.knn_k,
-                                 knn_temperature=config.eval.knn_temperature,
+                                 knn_k=config.evals.knn.k,
+                                 knn_temperature=config.evals.knn.temperature,
                                  probe_grid=args.probe_grid, few_shot_episodes=0)
 
     results: dict[str, dict] = {}
@@ -123,7 +123,7 @@ def main(argv=None):
         from ssl_jax.data import pipeline
         builder = pipeline.load_builder(config.dataset.name, args.data_dir)
         steps = train.total_steps(config, pipeline.num_examples(builder, config.dataset.train_split))
-        config.eval.every_steps = max(1, steps // max(1, args.knn_evals))
+        config.evals.knn.every_steps = max(1, steps // max(1, args.knn_evals))
         print(f"== {run}: {config.method}, {steps} steps at batch {config.batch_size}, "
               f"{config.dataset.name}, {config.model.name} x{config.model.width} "
               f"(cifar_stem={config.model.cifar_stem}) ==", flush=True)

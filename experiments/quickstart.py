@@ -99,8 +99,8 @@ def main():
         (trx, try_), (tex, tey) = split_features(method, state, base, mesh, args.data_dir)
         train_features[name] = (trx, try_)  # the behaviour section's linear head is fitted on them
         results[name] = evaluate_features(
-            trx, try_, tex, tey, base.dataset.num_classes, knn_k=base.eval.knn_k,
-            knn_temperature=base.eval.knn_temperature, probe_grid=args.probe_grid,
+            trx, try_, tex, tey, base.dataset.num_classes, knn_k=base.evals.knn.k,
+            knn_temperature=base.evals.knn.temperature, probe_grid=args.probe_grid,
             few_shot_episodes=args.few_shot_episodes)
         timings[f"eval_{name}_seconds"] = time.time() - t0
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[name].items()),

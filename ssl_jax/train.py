@@ -1,11 +1,12 @@
 """THE trainer: mesh -> data -> init (eval_shape) -> jit step -> checkpoints -> evals.
 
-One readable loop for every method; the method module supplies init / loss / features /
-after_update (see ssl_jax/methods/__init__.py) and nothing here is method-specific.
+One readable loop for every method; the method supplies init / loss / features /
+after_update (the contract: ssl_jax/methods/base.py) and nothing here is method-specific.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -22,9 +23,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from ssl_jax import checkpointing, metrics as metrics_lib, optim, sharding
+from ssl_jax import checkpointing, evaluators, metrics as metrics_lib, optim, sharding
+from ssl_jax import online_probe
 from ssl_jax.data import augment, copy_paste, pipeline
-from ssl_jax.methods import get_method
+from ssl_jax.methods import Method, get_method
 
 log = logging.getLogger("ssl_jax.train")
 
@@ -35,6 +37,34 @@ class TrainState:
     params: Any
     model_state: Any  # batch_stats and any method state (EMA targets, queues, banks)
     opt_state: Any
+    # The online linear probe's parameters and optimizer state (ssl_jax/online_probe.py); None
+    # when it is off, as in runs saved before it existed (their checkpoints have no such item).
+    probe: online_probe.ProbeState | None = None
+
+
+def checkpoint_tree(state: TrainState) -> dict:
+    """`state` (or its abstract shapes) as checkpointed: its fields by name, without `probe`
+    when there is none. A None field would be a node that checkpoints saved before the probe
+    existed lack, so restoring them would fail; without it their files and a probe-less run's
+    are the same."""
+    tree = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if tree["probe"] is None:
+        del tree["probe"]
+    return tree
+
+
+def restore(manager, abstract: TrainState, step: int | None = None, read_only: bool = False):
+    """(step, TrainState, meta) of the checkpoint at `step` (None: the newest readable one), or
+    None when there is none."""
+    tree = checkpoint_tree(abstract)
+    if step is None:
+        restored = checkpointing.restore_latest(manager, tree, read_only=read_only)
+    else:
+        restored = checkpointing.restore_step(manager, tree, step)
+    if restored is None:
+        return None
+    saved_step, state, meta = restored
+    return saved_step, TrainState(**state), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,22 +84,32 @@ def device_augment(rng: jax.Array, images: jax.Array, preset: augment.Preset) ->
                       for v in range(len(preset.views))], axis=1)
 
 
-def init_state(method, tx: optax.GradientTransformation, rng: jax.Array, image_shape) -> TrainState:
-    params, model_state = method.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array, image_shape,
+               probe: online_probe.OnlineProbe | None = None) -> TrainState:
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    params, model_state = method.init(rng, images)
+    probe_state = None
+    if probe is not None:
+        num_features = jax.eval_shape(method.features, params, model_state, images).shape[-1]
+        probe_state = probe.init(num_features)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), probe=probe_state)
 
 
-def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dict,
-                   rng: jax.Array):
-    """((loss, (new_model_state, metrics)), grads) of one step on a global batch
-    {"image": uint8 [B, V, H, W, 3], "label": [B]} (+ "index": [B] for methods with
-    `needs_index`, e.g. memory banks). Randomness is fold_in(rng, step), so a resumed run
-    draws the same augmentations as an uninterrupted one."""
+def step_views(preset: augment.Preset, state: TrainState, batch: dict, rng: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    """(augmented views [B, V, H, W, 3] in [0, 1], the rng `loss` gets) of one step.
+    Randomness is fold_in(rng, step), so a resumed run draws the same augmentations as an
+    uninterrupted one."""
     rng = jax.random.fold_in(rng, state.step)
     aug_rng, loss_rng = jax.random.split(rng)
-    views = device_augment(aug_rng, batch["image"], preset)
-    extra = {"index": batch["index"]} if getattr(method, "needs_index", False) else {}
+    return device_augment(aug_rng, batch["image"], preset), loss_rng
+
+
+def method_loss_and_grads(method: Method, state: TrainState, views: jax.Array, batch: dict,
+                          loss_rng: jax.Array):
+    """((loss, (new_model_state, metrics)), grads) of the method's loss on `views`."""
+    extra = {"index": batch["index"]} if method.needs_index else {}
 
     def loss_fn(params):
         return method.loss(params, state.model_state, views, batch["label"], loss_rng, **extra)
@@ -77,13 +117,26 @@ def loss_and_grads(method, preset: augment.Preset, state: TrainState, batch: dic
     return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
 
-def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Preset,
-                    schedule: optax.Schedule) -> Callable:
+def loss_and_grads(method: Method, preset: augment.Preset, state: TrainState, batch: dict,
+                   rng: jax.Array):
+    """((loss, (new_model_state, metrics)), grads) of one step on a global batch
+    {"image": uint8 [B, V, H, W, 3], "label": [B]} (+ "index": [B] for methods with
+    `needs_index`, e.g. memory banks)."""
+    views, loss_rng = step_views(preset, state, batch, rng)
+    return method_loss_and_grads(method, state, views, batch, loss_rng)
+
+
+def make_train_step(method: Method, tx: optax.GradientTransformation, preset: augment.Preset,
+                    schedule: optax.Schedule,
+                    probe: online_probe.OnlineProbe | None = None) -> Callable:
     """(state, batch, rng) -> (state, metrics): `loss_and_grads`, then the optimizer update and
-    the method's after_update (EMA targets, queues, banks)."""
+    the method's after_update (EMA targets, queues, banks); with a `probe`, also one step of
+    the online linear probe on the first view's features before the update."""
 
     def step_fn(state: TrainState, batch: dict, rng: jax.Array):
-        (loss, (model_state, metrics)), grads = loss_and_grads(method, preset, state, batch, rng)
+        views, loss_rng = step_views(preset, state, batch, rng)
+        (loss, (model_state, metrics)), grads = method_loss_and_grads(method, state, views, batch,
+                                                                      loss_rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   model_state=model_state, opt_state=opt_state)
@@ -97,6 +150,11 @@ def make_train_step(method, tx: optax.GradientTransformation, preset: augment.Pr
                        grad_norm=optax.global_norm(grads),
                        param_norm=_norm(new_state.params),
                        state_norm=_norm(new_state.model_state))
+        if probe is not None:
+            features = method.features(state.params, state.model_state, views[:, 0])
+            probe_state, probe_metrics = probe.update(state.probe, features, batch["label"])
+            new_state = new_state.replace(probe=probe_state)
+            metrics.update(probe_metrics)
         return new_state, metrics
 
     return step_fn
@@ -155,7 +213,7 @@ def check_workdir(workdir: str) -> None:
 
 # Fields a resumed run may change without changing what it trains.
 RESUME_MAY_CHANGE = ("log_every", "checkpoint_every", "keep_checkpoints", "dataset.data_dir",
-                     "eval.")
+                     "eval.", "evals.")
 # Fields a resumed run may change that do change how it trains from there on (the way out of a
 # divergence: a lower learning rate, clipping, a longer warmup); the run says so when they do.
 # None of them is in the checkpoint (the schedule is a function of the step, and clipping
@@ -189,6 +247,26 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> str:
                for k, old in RESUME_MAY_RETUNE.items()
                if k in new and saved.get(k, old) != new[k]]
     return f"resuming with a changed {', '.join(retuned)}" if retuned else ""
+
+
+def without_probe_if_saved_without(workdir: str, config: ml_collections.ConfigDict
+                                   ) -> ml_collections.ConfigDict:
+    """`config`, or when `workdir` holds a run saved before the online probe existed (its
+    config.json has no `online_probe`), a copy with the probe off: its checkpoints have no
+    probe state, so the resumed run trains on without one."""
+    path = os.path.join(workdir, "config.json")
+    if not online_probe.from_config(config) or not os.path.exists(path) \
+            or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return config
+    with open(path) as f:
+        if "online_probe" in json.load(f):
+            return config
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.online_probe.enabled = False
+    print("Resuming a run saved before the online linear probe existed: it stays off",
+          flush=True)
+    return config
 
 
 def divergence_hint(config, workdir: str, last_saved: int | None) -> str:
@@ -275,22 +353,25 @@ def build_optimizer(config, steps: int):
                                            lr_multipliers=dict(oc.get("lr_multipliers", {})))
 
 
-def abstract_train_state(method, tx, mesh, image_size: int,
-                         shard_state_bytes: int = sharding.SHARD_STATE_BYTES):
-    """(jitted init fn rng -> TrainState, its abstract shapes with shardings). Parameters and
-    optimizer state are replicated; model-state leaves of >= shard_state_bytes (memory banks,
-    queues) are row-sharded over the devices (`sharding.state_leaf_sharding`)."""
-    shapes = jax.eval_shape(lambda r: init_state(method, tx, r, (image_size, image_size, 3)),
-                            jax.random.key(0))
+def abstract_train_state(method: Method, tx, mesh, image_size: int,
+                         shard_state_bytes: int = sharding.SHARD_STATE_BYTES,
+                         probe: online_probe.OnlineProbe | None = None):
+    """(jitted init fn rng -> TrainState, its abstract shapes with shardings). Parameters,
+    optimizer and probe state are replicated; model-state leaves of >= shard_state_bytes
+    (memory banks, queues) are row-sharded over the devices (`sharding.state_leaf_sharding`)."""
+    def init(rng):
+        return init_state(method, tx, rng, (image_size, image_size, 3), probe)
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
     repl = sharding.replicated(mesh)
     shardings = shapes.replace(
         step=repl, params=jax.tree.map(lambda _: repl, shapes.params),
         opt_state=jax.tree.map(lambda _: repl, shapes.opt_state),
         model_state=jax.tree.map(
             lambda s: sharding.state_leaf_sharding(mesh, s, shard_state_bytes),
-            shapes.model_state))
-    init_fn = jax.jit(lambda r: init_state(method, tx, r, (image_size, image_size, 3)),
-                      out_shardings=shardings)
+            shapes.model_state),
+        probe=jax.tree.map(lambda _: repl, shapes.probe))
+    init_fn = jax.jit(init, out_shardings=shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
     return init_fn, abstract
@@ -307,17 +388,15 @@ def load_trained(workdir: str, mesh=None, step: int | None = None):
     mesh = mesh or sharding.make_mesh()
     method = get_method(config.method, config)
     _, tx = build_optimizer(config, 1)
-    _, abstract = abstract_train_state(method, tx, mesh, config.dataset.image_size)
+    _, abstract = abstract_train_state(method, tx, mesh, config.dataset.image_size,
+                                       probe=online_probe.from_config(config))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     # A reader: it changes nothing on disk (an unreadable checkpoint is skipped, not moved).
     manager = checkpointing.make_manager(ckpt_dir, keep=None, save_every=1, async_save=False,
                                          read_only=True)
-    if step is None:
-        restored = checkpointing.restore_latest(manager, abstract, read_only=True)
-    else:
-        restored = checkpointing.restore_step(manager, abstract, step)
+    restored = restore(manager, abstract, step, read_only=True)
     manager.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
@@ -365,6 +444,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # caller's (possibly locked) config is left as it was.
     _, index_space = pipeline.split_offsets(builder, config.dataset.train_split)
     config = with_total_steps(config, steps, index_space)
+    config = without_probe_if_saved_without(workdir, config)
     retuned = check_same_run(workdir, config)
     method = get_method(config.method, config)
     if len(preset.views) != method.num_views:
@@ -372,15 +452,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                          f"view(s) but method {config.method!r} needs {method.num_views}")
 
     schedule, tx = build_optimizer(config, steps)
+    probe = online_probe.from_config(config)
+    evals = config.get("evals", {})
+    evaluators.check_evals(evals)
 
     # --- State: abstract shapes first, so restore never materialises a throwaway init ---
     rng = jax.random.key(config.seed)
     init_rng, step_rng = jax.random.split(rng)
-    init_fn, abstract = abstract_train_state(method, tx, mesh, size)
+    init_fn, abstract = abstract_train_state(method, tx, mesh, size, probe=probe)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpointing.make_manager(ckpt_dir, keep=config.get("keep_checkpoints", 3),
                                          save_every=1)
-    restored = checkpointing.restore_latest(manager, abstract)
+    restored = restore(manager, abstract)
     if restored is None:
         state = init_fn(init_rng)
         start = 0
@@ -401,7 +484,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)
 
-    train_step = jax.jit(make_train_step(method, tx, preset, schedule), donate_argnums=0)
+    train_step = jax.jit(make_train_step(method, tx, preset, schedule, probe), donate_argnums=0)
     # Configs saved before copy-paste existed have no sub-config: off.
     paste = copy_paste.from_config(config.augment.copy_paste, builder,
                                    config.dataset.train_split) \
@@ -410,27 +493,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         builder, config.dataset.train_split, config.batch_size,
         preset.views, size, seed=config.seed, start_step=start,
         cache=config.dataset.get("cache", True),
-        with_index=getattr(method, "needs_index", False), copy_paste=paste)
+        with_index=method.needs_index, copy_paste=paste)
     writer = metrics_lib.MetricWriter(workdir)
 
-    def knn_eval(state) -> dict[str, float]:
-        from ssl_jax.evaluation import knn
-        ev = config.eval
-        kw = dict(global_batch_size=ev.batch_size, image_size=size,
+    def evaluate(names: list[str], state: TrainState) -> dict[str, float]:
+        kw = dict(global_batch_size=config.eval.batch_size, image_size=size,
                   crop_fraction=config.dataset.get("eval_crop_fraction", 1.0))
         variables = (state.params, state.model_state)
-        train_x, train_y = extract_features(method.features, variables, pipeline.eval_iterator(
-            builder, config.dataset.train_split, **kw), mesh)
-        test_x, test_y = extract_features(method.features, variables, pipeline.eval_iterator(
-            builder, config.dataset.eval_split, **kw), mesh)
-        res = knn(train_x, train_y, test_x, test_y, k=ev.knn_k, temperature=ev.knn_temperature,
-                  num_classes=config.dataset.num_classes)
-        return {"knn_top1": res["top1"]}
+        features = evaluators.FrozenFeatures(
+            extract=lambda split: extract_features(method.features, variables,
+                                                   pipeline.eval_iterator(builder, split, **kw),
+                                                   mesh),
+            train_split=config.dataset.train_split, eval_split=config.dataset.eval_split,
+            num_classes=config.dataset.num_classes)
+        return evaluators.run(names, evals, features)
 
     # --- Loop ---
     final: dict[str, float] = {}
     log_every, ckpt_every = config.log_every, config.checkpoint_every
-    eval_every = config.eval.get("every_steps", 0)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{config.method}",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
@@ -452,15 +532,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{rate:.0f}")
                 t0, seen = time.perf_counter(), 0
                 final = host
-            if eval_every and (done % eval_every == 0 or is_last):
-                ev = knn_eval(state)
+            due = evaluators.due(evals, done, is_last)
+            if due:
+                ev = evaluate(due, state)
                 writer.write(done, ev)
                 final.update(ev)
                 bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
             if done % ckpt_every == 0 or is_last:
                 # The step's metrics ride along in the checkpoint's meta, so every checkpoint
                 # is tagged with its training progress (e.g. a pretext task's accuracy).
-                checkpointing.save(manager, done, state, dict(meta, metrics=host), force=True)
+                checkpointing.save(manager, done, checkpoint_tree(state), dict(meta, metrics=host),
+                                   force=True)
                 last_saved = done
     finally:
         try:

@@ -11,7 +11,7 @@ def smoke_cmd(workdir, data_dir, *extra) -> list[str]:
     """argv of a 6-step run_train.py SimCLR smoke run on the tiny dataset, no periodic eval."""
     return [sys.executable, os.path.join(ROOT, "run_train.py"), "--config",
             os.path.join(ROOT, "configs/simclr.py:smoke"), "--workdir", str(workdir),
-            f"--config.dataset.data_dir={data_dir}", "--config.eval.every_steps=0", *extra]
+            f"--config.dataset.data_dir={data_dir}", "--config.evals.knn.every_steps=0", *extra]
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:

@@ -53,7 +53,7 @@ CASES = [
     ("train-unknown-flag", TRAIN + [SMOKE, "--workdir", "{old}", "--epochs=3"], ["'epochs'"]),
     # trainer: resuming {run} with another config is refused, naming the changed key.
     ("train-another-config", TRAIN + [SMOKE, "--workdir", "{run}", "--config.seed=1",
-                                      "--config.eval.every_steps=0",
+                                      "--config.evals.knn.every_steps=0",
                                       "--config.dataset.data_dir={data_dir}"],
      ["another config", "seed: 0 -> 1"]),
     # run_eval.py

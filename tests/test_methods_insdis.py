@@ -159,7 +159,7 @@ def test_a_large_bank_is_row_sharded_and_trains_like_a_replicated_one():
 def test_insdis_smoke_run_through_the_trainer(tiny_data_dir, tmp_path):
     config = insdis_config.get_config("smoke")
     config.dataset.data_dir = tiny_data_dir
-    config.eval.every_steps = 0
+    config.evals.knn.every_steps = 0
     final = train.train(config, str(tmp_path / "run"))
     assert np.isfinite(final["loss"]) and 0.0 <= final["instance_accuracy"] <= 1.0
     _, method, state = train.load_trained(str(tmp_path / "run"))

@@ -295,7 +295,7 @@ def test_colorization_smoke_run_tags_checkpoints_and_per_layer_eval_sees_conv1_5
 
     config = _config("colorization")
     config.dataset.data_dir = tiny_data_dir
-    config.eval.every_steps = 0
+    config.evals.knn.every_steps = 0
     config.keep_checkpoints = 10
     workdir = str(tmp_path / "run")
     final = train.train(config, workdir)

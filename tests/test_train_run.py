@@ -93,7 +93,7 @@ def test_rerunning_a_finished_run_says_so_and_changes_nothing(uninterrupted_run,
     assert saved and "loss" in saved
     config = simclr_config.get_config("smoke")  # the smoke command's config
     config.dataset.data_dir = tiny_data_dir
-    config.eval.every_steps = 0
+    config.evals.knn.every_steps = 0
     assert train.train(config, str(workdir)) == saved
     assert f"Run in {workdir} is complete" in capsys.readouterr().out
     assert smoke_run.tree_checksums(workdir) == before  # every output kept, nothing added
@@ -112,7 +112,7 @@ def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
         saved = ml_collections.ConfigDict(json.load(f))
     same = saved.copy_and_resolve_references()
     same.log_every = 7  # logging and eval fields may change on resume
-    same.eval.every_steps = 3
+    same.evals.knn.every_steps = 3
     train.check_same_run(str(uninterrupted_run), same)
     newer = same.copy_and_resolve_references()
     newer.model.added_since = "x"  # a key the saved run predates is not compared
@@ -127,7 +127,7 @@ def test_resuming_with_another_config_is_a_one_line_error(uninterrupted_run):
 def test_divergence_stops_before_checkpointing(tiny_data_dir, tmp_path, monkeypatch):
     config = simclr_config.get_config("smoke")
     config.dataset.data_dir = tiny_data_dir
-    config.eval.every_steps = 0
+    config.evals.knn.every_steps = 0
     config.num_steps = 2
     config.checkpoint_every = 1
     # No warmup at 2 steps: the first update explodes the parameters (|w| ~ 1e29) while its

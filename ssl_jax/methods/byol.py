@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 from ssl_jax.models import heads
 
@@ -64,7 +65,7 @@ def _target_of(params):
     return {k: v for k, v in params.items() if k != "predictor"}
 
 
-class Method:
+class Method(base.Method):
     num_views = 2
 
     def __init__(self, config):

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.methods import pretext_ops
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 from ssl_jax.models.conv import Conv
 
@@ -62,7 +63,7 @@ class ColorizationNet(nn.Module):
         return h, Conv(self.num_bins, (1, 1), name="head_bins", dtype=jnp.float32)(y)
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
 
     def __init__(self, config):
@@ -122,10 +123,3 @@ class Method:
         ab = jax.image.resize(ab, images.shape[:3] + (2,), method="linear")
         lum = pretext_ops.rgb_to_lab(images)[..., :1]
         return pretext_ops.lab_to_rgb(jnp.concatenate([lum, ab], axis=-1))
-
-    def features(self, params, model_state, images):
-        net_state = {k: v for k, v in model_state.items() if k != PRIOR}
-        return self.net.apply({"params": params, **net_state}, images, train=False)[0]
-
-    def after_update(self, state):
-        return state

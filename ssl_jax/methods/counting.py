@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.methods import pretext_ops
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 
 
@@ -41,7 +42,7 @@ class CountingNet(nn.Module):
         return h, nn.relu(c)
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
 
     def __init__(self, config):
@@ -74,9 +75,3 @@ class Method:
         return loss, (new_state, {"loss": loss, "pretext_accuracy": acc,
                                   "pretext_chance": jnp.float32(0.5),
                                   "mean_count": jnp.mean(whole_counts.sum(-1))})
-
-    def features(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
-
-    def after_update(self, state):
-        return state

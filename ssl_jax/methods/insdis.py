@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 
 LOSSES = ("nce", "softmax_nce")
@@ -120,7 +121,7 @@ class InsDisNet(nn.Module):
         return h, losses.l2_normalize(v)
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
     needs_index = True  # the pipeline adds batch["index"]; the trainer passes it to `loss`
 
@@ -176,12 +177,3 @@ class Method:
         accuracy = (pos > neg.max(axis=1)).mean()
         new_state = {**model_state, "batch_stats": new["batch_stats"], "memory": new_memory}
         return loss, (new_state, {"loss": loss, "instance_accuracy": accuracy})
-
-    def features(self, params, model_state, images):
-        """Backbone features [B, D] (eval-mode BN), for kNN and linear probes."""
-        return self.net.apply({"params": params, "batch_stats": model_state["batch_stats"]},
-                              images, train=False)[0]
-
-    def after_update(self, state):
-        # The bank is written inside `loss` with the embeddings of this step (no extra pass).
-        return state

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.data import augment
 from ssl_jax.methods import pretext_ops
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, split_variables
 
 
@@ -44,7 +45,7 @@ class JigsawNet(nn.Module):
         return h, nn.Dense(self.num_permutations, name="fc8", dtype=jnp.float32)(h)
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
 
     def __init__(self, config):
@@ -90,9 +91,3 @@ class Method:
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (new_state, {"loss": loss, "pretext_accuracy": acc,
                                   "pretext_chance": jnp.float32(1 / self.permutations.shape[0])})
-
-    def features(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
-
-    def after_update(self, state):
-        return state

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ssl_jax import losses, sharding
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 from ssl_jax.models import heads
 
@@ -131,7 +132,7 @@ class MoCoNet(nn.Module):
         return h, self.head(h, train=train)
 
 
-class Method:
+class Method(base.Method):
     num_views = 2
 
     def __init__(self, config, mesh: Mesh | None = None):
@@ -220,12 +221,3 @@ class Method:
                      "queue": {"keys": keys, "ptr": ptr}}
         accuracy = sum(accs) / len(accs)
         return loss, (new_state, {"loss": loss, "contrastive_accuracy": accuracy})
-
-    def features(self, params, model_state, images):
-        """Query backbone features [B, D] (eval-mode BN)."""
-        return self.net.apply({"params": params, "batch_stats": model_state["batch_stats"]},
-                              images, train=False)[0]
-
-    def after_update(self, state):
-        # Key momentum update and enqueue happen inside `loss` (before keys are encoded).
-        return state

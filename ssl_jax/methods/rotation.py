@@ -10,13 +10,14 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods import pretext_ops
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, split_variables
 from ssl_jax.methods.supervised import ClassifierNet
 
 CHANCE = 0.25
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
 
     def __init__(self, config):
@@ -35,9 +36,3 @@ class Method:
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (new_state, {"loss": loss, "pretext_accuracy": acc,
                                   "pretext_chance": jnp.float32(CHANCE)})
-
-    def features(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
-
-    def after_update(self, state):
-        return state

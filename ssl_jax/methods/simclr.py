@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 from ssl_jax.models import heads
 
@@ -29,7 +30,7 @@ class SimCLRNet(nn.Module):
         return h, self.head(h, train=train, upto=head_layers)
 
 
-class Method:
+class Method(base.Method):
     num_views = 2
 
     def __init__(self, config):
@@ -73,6 +74,3 @@ class Method:
             return self.net.apply(variables, images, train=False,
                                   head_layers=self.features_layer)[1]
         return self.net.apply(variables, images, train=False)[0]
-
-    def after_update(self, state):
-        return state

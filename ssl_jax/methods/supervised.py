@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
 
 
@@ -19,7 +20,7 @@ class ClassifierNet(nn.Module):
         return h, logits
 
 
-class Method:
+class Method(base.Method):
     num_views = 1
 
     def __init__(self, config):
@@ -37,11 +38,5 @@ class Method:
         accuracy = (jnp.argmax(logits, -1) == labels).mean()
         return loss, (new_state, {"loss": loss, "train_accuracy": accuracy})
 
-    def features(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, train=False)[0]
-
     def logits(self, params, model_state, images):
         return self.net.apply({"params": params, **model_state}, images, train=False)[1]
-
-    def after_update(self, state):
-        return state
