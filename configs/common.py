@@ -55,6 +55,9 @@ def config_from_spec(spec: str, variant: str) -> tuple[str, ml_collections.Confi
     return (f"{name}-{args.replace(';', '-')}" if args else name), config
 
 
+_FREE_FORM = "augment.overrides."
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     """Apply one 'dotted.key=value' (the experiments' --override), cast to the current type.
     A bad item is a ValueError naming it, the close matches and the valid keys."""
@@ -63,6 +66,20 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     key, eq, value = item.partition("=")
     if not eq:
         raise ValueError(f"--override {item!r} is not KEY=VALUE (e.g. num_epochs=4)")
+    if key.startswith(_FREE_FORM):
+        # A section of free-form keys (augment.overrides: any ViewConfig field or shortcut,
+        # validated by augment.override when the run builds its views): new keys are allowed,
+        # values parsed as Python literals (numbers, bools, tuples), else kept as strings.
+        import ast
+        field = key[len(_FREE_FORM):]
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        overrides = dict(config.augment.overrides)
+        overrides[field] = parsed
+        config.augment.overrides = overrides
+        return
     node, path = config, []
     for name in key.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:

@@ -17,6 +17,21 @@ def test_override_parses_bools_ints_floats_and_strings():
     assert c.simclr.temperature == 0.2 and c.dataset.name == "shapes_textures/tiny"
 
 
+def test_augmentation_overrides_take_new_view_fields_as_literals():
+    from ssl_jax.data import augment
+
+    c = simclr.get_config("quickstart")
+    apply_override(c, "augment.overrides.brightness_impl=additive")
+    apply_override(c, "augment.overrides.jitter_prob=0.0")
+    apply_override(c, "augment.overrides.blur_sigma=(0.5, 1.0)")
+    view = augment.get_preset(c.augment.preset, **c.augment.overrides).views[0]
+    assert (view.brightness_impl, view.jitter_prob, view.blur_sigma) == ("additive", 0.0,
+                                                                        (0.5, 1.0))
+    apply_override(c, "augment.overrides.no_such_field=1")  # named when the views are built
+    with pytest.raises(ValueError, match="unknown augmentation override.*no_such_field"):
+        augment.get_preset(c.augment.preset, **c.augment.overrides)
+
+
 @pytest.mark.parametrize("item, message", [("model.cifar_stem=maybe", "valid: true, false"),
                                            ("model.no_such_key=1", "unknown config key")])
 def test_override_rejects_bad_input(item, message):
