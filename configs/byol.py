@@ -13,7 +13,7 @@ Args: `configs/byol.py:VARIANT[,epochs=E,width=W]`; any field: `--config.byol.ba
 `--config.byol.projector_output_bn=True` (SimSiam's scale-free BatchNorm after the projector),
 `--config.optimizer.lr_multipliers.predictor=10` (the predictor's learning-rate factor).
 """
-from configs.common import base_config, parse_arg
+from configs.common import apply_run_args, base_config, parse_arg
 import ml_collections
 
 
@@ -61,8 +61,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif a.variant == "imagenet":
         c.num_epochs = 300
         c.optimizer.update(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_fraction=10 / 300)
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.width:
-        c.model.width = a.width
-    return c
+    return apply_run_args(c, a)

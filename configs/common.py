@@ -1,9 +1,8 @@
-"""Shared config pieces: the `file.py:key=value,flag` argument parser and the base config."""
+"""Shared config pieces: the `file.py:key=value,flag` argument parser, the base config and the
+variants (VARIANTS) that size it."""
 from __future__ import annotations
 
 import ml_collections
-
-VARIANTS = ("smoke", "quickstart", "cifar10", "imagenet")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -170,42 +169,71 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
     # ssl_jax/online_probe.py). Off for `supervised`, which trains a classifier itself.
     c.online_probe = ml_collections.ConfigDict(dict(enabled=True, learning_rate=1e-2))
 
-    if variant in ("smoke", "quickstart"):
-        # quickstart keeps torchvision's strided stem even at 32 px: 8x8 maps after the stem
-        # train ~8x faster on 2 CPU cores than the CIFAR stem's 32x32, which is what lets four
-        # methods fit the 15-minute main job (README "Measured"). Its data, faintgrey32
-        # (upright shapes, faint textures, grey levels), is where a few hundred steps of
-        # every self-supervised method learn shape: on small32 (rotated, strong textures,
-        # colour) only SimCLR beat random-init features (docs/METHODS.md, "The quickstart
-        # setting").
-        c.model.update(width=0.125 if variant == "smoke" else 0.25,
-                       cifar_stem=variant == "smoke")
-        c.dataset.update(name="shapes_textures/tiny" if variant == "smoke"
-                         else "shapes_textures/faintgrey32", train_split="train", eval_split="test",
-                         image_size=32, num_classes=10, eval_crop_fraction=1.0, cache=True)
-    if variant == "smoke":
-        c.num_steps = 6
-        c.batch_size = 32
-        c.log_every = 1
-        c.checkpoint_every = 2
-        c.eval.batch_size = 128
-        c.evals.knn.every_steps = 6
-    elif variant == "quickstart":
-        c.log_every = 10
-        c.checkpoint_every = 100
-    elif variant == "cifar10":
-        c.model.update(cifar_stem=True)
-        c.dataset.update(name="cifar10", train_split="train", eval_split="test", image_size=32,
-                         num_classes=10, eval_crop_fraction=1.0, cache=True)
-        c.batch_size = 512
-        c.evals.knn.every_steps = 5000
-        c.evals.linear_probe.every_steps = 5000
-        c.checkpoint_every = 1000
-    elif variant == "imagenet":
-        c.model.name = "resnet50"
-        c.compute_dtype = "bfloat16"
-        c.batch_size = 4096
-        c.checkpoint_every = 2500
+    VARIANTS[variant](c)
+    return c
+
+
+# Variants: what every method shares at one size (dataset, image size, model, default budget,
+# logging, evaluation while training). Each patches base_config's defaults; a method config
+# adds only its own deltas per variant (augmentation, optimizer, epochs, head sizes), so a new
+# variant that needs none is one function and one VARIANTS entry here.
+
+def _small32(c: ml_collections.ConfigDict, dataset: str, **model) -> None:
+    """A 32 px, 10-class dataset with a train and a test split, cached in memory."""
+    c.model.update(**model)
+    c.dataset.update(name=dataset, train_split="train", eval_split="test", image_size=32,
+                     num_classes=10, eval_crop_fraction=1.0, cache=True)
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    """A few steps on the tiny built-in dataset (tests, CI)."""
+    _small32(c, "shapes_textures/tiny", width=0.125, cifar_stem=True)
+    c.update(dict(num_steps=6, batch_size=32, log_every=1, checkpoint_every=2))
+    c.eval.batch_size = 128
+    c.evals.knn.every_steps = 6
+
+
+def _quickstart(c: ml_collections.ConfigDict) -> None:
+    """The built-in faintgrey32 in CPU minutes."""
+    # quickstart keeps torchvision's strided stem even at 32 px: 8x8 maps after the stem
+    # train ~8x faster on 2 CPU cores than the CIFAR stem's 32x32, which is what lets four
+    # methods fit the 15-minute main job (README "Measured"). Its data, faintgrey32
+    # (upright shapes, faint textures, grey levels), is where a few hundred steps of
+    # every self-supervised method learn shape: on small32 (rotated, strong textures,
+    # colour) only SimCLR beat random-init features (docs/METHODS.md, "The quickstart
+    # setting").
+    _small32(c, "shapes_textures/faintgrey32", width=0.25, cifar_stem=False)
+    c.update(dict(log_every=10, checkpoint_every=100))
+
+
+def _cifar10(c: ml_collections.ConfigDict) -> None:
+    """CIFAR-10 with the CIFAR stem, kNN and linear probe every 5000 steps."""
+    _small32(c, "cifar10", cifar_stem=True)
+    c.update(dict(batch_size=512, checkpoint_every=1000))
+    c.evals.knn.every_steps = 5000
+    c.evals.linear_probe.every_steps = 5000
+
+
+def _imagenet(c: ml_collections.ConfigDict) -> None:
+    """ImageNet at 224 px (base_config's dataset): ResNet-50, bfloat16, batch 4096."""
+    c.model.name = "resnet50"
+    c.update(dict(compute_dtype="bfloat16", batch_size=4096, checkpoint_every=2500))
+
+
+VARIANTS = {"smoke": _smoke, "quickstart": _quickstart, "cifar10": _cifar10,
+            "imagenet": _imagenet}
+
+
+def apply_run_args(c: ml_collections.ConfigDict,
+                   a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The training configs' `epochs=E`, `width=W` and (pretext tasks) `steps=N` args, applied
+    after the method's own settings; 0 (the default) keeps those."""
+    if a.get("epochs"):
+        c.num_epochs = a.epochs
+    if a.get("width"):
+        c.model.width = a.width
+    if a.get("steps"):
+        c.num_steps = a.steps
     return c
 
 
@@ -280,10 +308,4 @@ def pretext_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDic
         c.batch_size = 256
         c.num_epochs = 30
         c.compute_dtype = "bfloat16"
-    if a.width:
-        c.model.width = a.width
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.steps:
-        c.num_steps = a.steps
-    return c, a
+    return apply_run_args(c, a), a

@@ -11,7 +11,7 @@ Variants: smoke, quickstart (built-in dataset, CPU minutes), cifar10, imagenet (
 Args: `configs/insdis.py:VARIANT[,epochs=E,width=W]`;
 any field: `--config.insdis.num_negatives=1024`.
 """
-from configs.common import base_config, parse_arg
+from configs.common import apply_run_args, base_config, parse_arg
 import ml_collections
 
 
@@ -41,8 +41,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif a.variant == "imagenet":
         c.batch_size = 256
         c.num_epochs = 200
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.width:
-        c.model.width = a.width
-    return c
+    return apply_run_args(c, a)

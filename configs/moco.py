@@ -13,7 +13,7 @@ Args: `configs/moco.py:VARIANT[,version=1|2,epochs=E,width=W]`; any field: `--co
 Switch versions with the `version=` arg (head, T and augmentation together); overriding
 `--config.moco.version` alone changes only the head.
 """
-from configs.common import base_config, parse_arg
+from configs.common import apply_run_args, base_config, parse_arg
 import ml_collections
 
 # MoCo v1 (main_moco.py without --aug-plus): ColorJitter(0.4, 0.4, 0.4, 0.4) always, no blur.
@@ -57,8 +57,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 256
         c.num_epochs = 200
     c.augment.overrides = overrides
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.width:
-        c.model.width = a.width
-    return c
+    return apply_run_args(c, a)

@@ -10,7 +10,7 @@ BatchNorm (google-research/simclr tf2), and `--config.simclr.features_layer=1` e
 the head's first layer (v2's ft_proj_selector; 0 = backbone, the default); imagenet v2 also
 uses T = 0.1 and weight decay 1e-4.
 """
-from configs.common import base_config, parse_arg
+from configs.common import apply_run_args, base_config, parse_arg
 import ml_collections
 
 
@@ -42,8 +42,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.update(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_fraction=0.1)
         if a.version == 2:
             c.optimizer.weight_decay = 1e-4
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.width:
-        c.model.width = a.width
-    return c
+    return apply_run_args(c, a)

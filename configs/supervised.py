@@ -6,7 +6,7 @@ Variants: smoke, quickstart (built-in dataset, CPU minutes), cifar10 (R18 CIFAR 
 epochs), imagenet (R50, batch 1024, 90 epochs, bf16).
 Args: `configs/supervised.py:VARIANT[,epochs=E,width=W]`; any field with `--config.KEY=VALUE`.
 """
-from configs.common import base_config, parse_arg
+from configs.common import apply_run_args, base_config, parse_arg
 import ml_collections
 
 
@@ -31,8 +31,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 1024
         c.num_epochs = 90
         c.optimizer.update(weight_decay=1e-4, warmup_fraction=5 / 90)
-    if a.epochs:
-        c.num_epochs = a.epochs
-    if a.width:
-        c.model.width = a.width
-    return c
+    return apply_run_args(c, a)

@@ -7,24 +7,33 @@
 
 Every backbone takes NHWC float input, ``train`` (BatchNorm batch statistics vs running
 averages), exposes ``num_features`` and sows the activations listed by ``layer_names``.
+
+A model family is a module here with ``MODELS`` ({name: ``functools.partial(ModuleClass,
+**fields the name fixes)``}; the class's other fields are the name's kwargs) and
+``layer_names(name)``. To add a family: one new module plus its name in FAMILIES.
 """
+import importlib
 from typing import Any
 
 import flax.linen as nn
 
-from ssl_jax.models import alexnet, plain, resnet, vgg
-from ssl_jax.models.alexnet import AlexNet
-from ssl_jax.models.plain import PlainCNN
 from ssl_jax.models.heads import LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2
-from ssl_jax.models.resnet import ResNet
-from ssl_jax.models.vgg import VGG
 from ssl_jax.models.load import load  # noqa: E402  (converted zoo checkpoints)
 
-MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet",
-               "alexnet_bn", "vgg16", "vgg16_bn", "plain10")
+FAMILIES = ("resnet", "alexnet", "vgg", "plain")
 
-__all__ = ["MODEL_NAMES", "get_model", "layer_names", "ResNet", "AlexNet", "VGG", "PlainCNN",
-           "ProjectionMLP", "ProjectionMLPv2", "MLPHead", "LinearClassifier", "load"]
+# name -> family module, in FAMILIES order, then each family's MODELS order.
+_FAMILY_OF = {name: module
+              for module in (importlib.import_module(f"ssl_jax.models.{f}") for f in FAMILIES)
+              for name in module.MODELS}
+MODEL_NAMES = tuple(_FAMILY_OF)
+
+# Options of a ResNet that any backbone accepts at these values, so callers can pass one
+# config to every backbone; other values would be silently meaningless where absent.
+_SHARED_DEFAULTS = (("cifar_stem", False), ("padding", "torch"))
+
+__all__ = ["FAMILIES", "MODEL_NAMES", "get_model", "layer_names", "ProjectionMLP",
+           "ProjectionMLPv2", "MLPHead", "LinearClassifier", "load"]
 
 
 def _check_name(name: str) -> None:
@@ -43,26 +52,18 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     Unknown names or kwargs raise ValueError listing the valid ones.
     """
     _check_name(name)
-    if name.startswith("resnet"):
-        cls: type[nn.Module] = ResNet
-        fixed = {"stage_sizes": resnet.STAGE_SIZES[name], "bottleneck": resnet.BOTTLENECK[name]}
-    else:
-        # Accept the ResNet-only options at their defaults so callers can pass one config to
-        # any backbone; other values would be silently meaningless.
-        for key, default in (("cifar_stem", False), ("padding", "torch")):
+    build = _FAMILY_OF[name].MODELS[name]
+    fields = set(build.func.__dataclass_fields__)
+    for key, default in _SHARED_DEFAULTS:
+        if key not in fields:
             value = kwargs.pop(key, default)
             if value != default:
                 raise ValueError(f"{key}={value!r} is not supported by {name}; only {default!r}")
-        if name == "plain10":
-            cls, fixed = PlainCNN, {}
-        else:
-            cls = AlexNet if name.startswith("alexnet") else VGG
-            fixed = {"batch_norm": name.endswith("_bn")}
-    valid = sorted(set(cls.__dataclass_fields__) - set(fixed) - {"parent", "name"})
+    valid = sorted(fields - set(build.keywords) - {"parent", "name"})
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown kwargs {unknown} for {name}; valid: {valid}")
-    return cls(**fixed, **kwargs)
+    return build(**kwargs)
 
 
 def layer_names(model_name: str) -> list[str]:
@@ -73,10 +74,4 @@ def layer_names(model_name: str) -> list[str]:
     Plain-10: conv1 ... conv8, pool.
     """
     _check_name(model_name)
-    if model_name.startswith("resnet"):
-        return resnet.layer_names(model_name)
-    if model_name.startswith("alexnet"):
-        return list(alexnet.LAYER_NAMES)
-    if model_name == "plain10":
-        return list(plain.LAYER_NAMES)
-    return list(vgg.LAYER_NAMES)
+    return _FAMILY_OF[model_name].layer_names(model_name)

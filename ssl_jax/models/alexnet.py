@@ -22,6 +22,7 @@ Named activations (``sow``): ``conv1`` ... ``conv5`` (post-ReLU, before any max-
 13x13 at 224 px), ``pool5`` (after the last max-pool and the adaptive pool, [N, 6, 6, C]),
 ``fc6``, ``fc7`` (post-ReLU, [N, fc_dim]).
 """
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -113,3 +114,13 @@ class AlexNet(nn.Module):
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
         return x.astype(jnp.float32)
+
+
+# The names this family registers (ssl_jax.models.get_model): the fields fixed by each name.
+MODELS = {"alexnet": functools.partial(AlexNet, batch_norm=False),
+          "alexnet_bn": functools.partial(AlexNet, batch_norm=True)}
+
+
+def layer_names(model_name: str) -> list[str]:
+    """Sown activation names in forward order (the same for both variants)."""
+    return list(LAYER_NAMES)

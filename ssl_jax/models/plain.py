@@ -11,6 +11,7 @@ Submodules ``conv1_conv``/``conv1_bn`` ... (a sow name may not equal a submodule
 Named activations (``sow``): ``conv1`` ... ``conv8`` (post-ReLU, [N, H, W, C]) and ``pool``
 ([N, 256 * width]).
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -64,3 +65,12 @@ class PlainCNN(nn.Module):
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
+
+
+# The names this family registers (ssl_jax.models.get_model).
+MODELS = {"plain10": functools.partial(PlainCNN)}
+
+
+def layer_names(model_name: str) -> list[str]:
+    """Sown activation names in forward order."""
+    return list(LAYER_NAMES)

@@ -11,6 +11,7 @@ module names: ``stem`` (after the max-pool; after the ReLU with ``cifar_stem``),
 stage's last block) and ``pool`` (global average pool, [N, C]). Each is stored as a 1-tuple, as
 ``sow`` does.
 """
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -207,6 +208,11 @@ class ResNet(nn.Module):
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
+
+
+# The names this family registers (ssl_jax.models.get_model): the fields fixed by each name.
+MODELS = {name: functools.partial(ResNet, stage_sizes=STAGE_SIZES[name],
+                                  bottleneck=BOTTLENECK[name]) for name in STAGE_SIZES}
 
 
 def layer_names(model_name: str) -> list[str]:

@@ -12,6 +12,7 @@ Named activations (``sow``), in forward order: ``conv1_1``, ``conv1_2``, ``conv1
 block K's last conv, before its max-pool, so AlexNet and VGG share the names ``conv1..conv5``),
 ``pool5`` ([N, 7, 7, C] after the adaptive pool), ``fc6``, ``fc7`` (post-ReLU).
 """
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -99,3 +100,13 @@ class VGG(nn.Module):
             x = nn.Dense(self.num_classes, kernel_init=_dense_init, dtype=self.dtype,
                          name="classifier_6")(x)
         return x.astype(jnp.float32)
+
+
+# The names this family registers (ssl_jax.models.get_model): the fields fixed by each name.
+MODELS = {"vgg16": functools.partial(VGG, batch_norm=False),
+          "vgg16_bn": functools.partial(VGG, batch_norm=True)}
+
+
+def layer_names(model_name: str) -> list[str]:
+    """Sown activation names in forward order (the same for both variants)."""
+    return list(LAYER_NAMES)
