@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ssl_jax.data import builtin_dense as _dense
 from ssl_jax.data import builtin_textures as _render
 # Re-exported: the names and mappings users score against, and the numpy generator.
 from ssl_jax.data.builtin_textures import (  # noqa: F401
@@ -73,6 +74,9 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
       factor is drawn exactly as with True).
     num_workers: processes used to generate (0 = min(4, cpu count)); does not change
       the data.
+    dense: also store the dense targets of ssl_jax.data.builtin_dense (segmentation,
+      edges, keypoints, a relief's height / depth / normals / curvature / shading), and
+      shade the image by the relief; every factor is drawn as without it.
     """
 
     resolution: int = 32
@@ -89,6 +93,7 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     seed: int = 0
     rotate: bool = True
     num_workers: int = 0
+    dense: bool = False
 
     def __post_init__(self):
         if self.resolution < 16:
@@ -165,6 +170,32 @@ def _sorted_example_maps() -> Iterator[None]:
 _CLEAN = dict(num_train=10_000, num_test=2000, num_cue_conflict=2000,
               background_weights=(0.5, 0.5, 0.0, 0.0), scale_range=(0.55, 0.9))
 
+# The dense configs' recipe: large shapes, some textured backgrounds so that background
+# texture edges exist, and the dense targets.
+_DENSE = dict(num_train=10_000, num_test=2000, num_cue_conflict=2000,
+              background_weights=(0.35, 0.35, 0.1, 0.2), scale_range=(0.55, 0.9), dense=True)
+
+
+def _dense_features(r: int) -> dict:
+    """The TFDS features of builtin_dense.dense_targets at resolution r."""
+    def floats(channels):
+        return tfds.features.Tensor(shape=(r, r, channels), dtype=np.float16,
+                                    encoding=tfds.features.Encoding.ZLIB)
+
+    k = _dense.NUM_KEYPOINTS
+    return {
+        "segmentation": tfds.features.Image(shape=(r, r, 1)),
+        "occlusion_edges": tfds.features.Image(shape=(r, r, 1)),
+        "texture_edges": tfds.features.Image(shape=(r, r, 1)),
+        "reshading": tfds.features.Image(shape=(r, r, 1)),
+        "keypoints": tfds.features.Tensor(shape=(k, 2), dtype=np.float32),
+        "keypoint_visible": tfds.features.Tensor(shape=(k,), dtype=np.bool_),
+        "height": floats(1),
+        "depth": floats(1),
+        "normals": floats(3),
+        "curvature": floats(1),
+    }
+
 
 # -------------------------------------------------------------------------- builder
 class ShapesTextures(tfds.core.GeneratorBasedBuilder):
@@ -234,6 +265,16 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             description="64 px version of biased32, 50k/10k/5k.",
             resolution=64, num_train=50_000, num_test=10_000, num_cue_conflict=5000,
             texture_correlation=0.9, background_correlation=0.9, seed=4),
+        ShapesTexturesConfig(
+            name="dense32",
+            description="32 px, 10k/2k/2k, large rotated shapes on mostly flat/gradient "
+                        "backgrounds, relief-shaded, with dense targets (segmentation, "
+                        "edges, keypoints, height, depth, normals, curvature, reshading).",
+            resolution=32, **_DENSE, seed=12),
+        ShapesTexturesConfig(
+            name="dense64",
+            description="dense32 at 64 px.",
+            resolution=64, **_DENSE, seed=13),
     ]
 
     @tfds.core.utils.classproperty
@@ -260,6 +301,7 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
                 "background": tfds.features.ClassLabel(names=BACKGROUND_NAMES),
                 "mask": tfds.features.Image(shape=(r, r, 1)),
                 "bbox": tfds.features.BBoxFeature(),
+                **(_dense_features(r) if self.builder_config.dense else {}),
             }),
             supervised_keys=("image", "label"),
             # Saved as metadata.json next to the records, so built data documents the
@@ -283,13 +325,5 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
         index = 0
         for arrays in _split_chunks(config, split, workers):
             for i in range(arrays["label"].shape[0]):
-                yield index, {
-                    "image": arrays["image"][i],
-                    "mask": arrays["mask"][i],
-                    "bbox": arrays["bbox"][i],
-                    "label": arrays["label"][i],
-                    "texture_label": arrays["texture_label"][i],
-                    "texture_class": arrays["texture_class"][i],
-                    "background": arrays["background"][i],
-                }
+                yield index, {key: value[i] for key, value in arrays.items()}
                 index += 1

@@ -363,6 +363,20 @@ def render_masks(label: np.ndarray, resolution: int,
     Each shape gets a random rotation, a diameter of scale_range * R pixels, and a
     centre chosen so the whole unit disk (hence the shape) stays inside the image.
     """
+    return place_shapes(label, resolution, rng, scale_range, rotate)[0]
+
+
+def place_shapes(label: np.ndarray, resolution: int,
+                 rng: np.random.Generator, scale_range: tuple[float, float],
+                 rotate: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """render_masks, also returning each shape's placement (same draws, same masks).
+
+    The placement maps the shape's unit frame (u, v) to pixel coordinates:
+    x = cx + half (cos u - sin v), y = cy + half (sin u + cos v); it is a dict of [n]
+    float32 arrays `angle`, `half` (radius in pixels), `cx`, `cy`, and `u`, `v`, the
+    frame coordinates of every pixel centre ([n, R, R]). The dense targets
+    (builtin_dense) are computed from it, so they share the image's geometry.
+    """
     n, r = label.shape[0], resolution
     angle = rng.uniform(0.0, 2 * np.pi, n).astype(np.float32) * np.float32(rotate)
     half = (rng.uniform(*scale_range, n) * r / 2).astype(np.float32)
@@ -379,7 +393,7 @@ def render_masks(label: np.ndarray, resolution: int,
         idx = np.flatnonzero(label == k)
         if idx.size:
             out[idx] = _shape_inside(name, u[idx], v[idx])
-    return out
+    return out, dict(angle=angle, half=half, cx=cx, cy=cy, u=u, v=v)
 
 
 def mask_to_bbox(mask: np.ndarray) -> np.ndarray:
@@ -413,6 +427,7 @@ class Recipe(Protocol):
     foreground_colour_correlation: float  # optional (default 0)
     texture_contrast: float  # optional (default 1): scales the two texture colours' distance
     grey: bool  # optional (default False): every image as its luminance, in all 3 channels
+    dense: bool  # optional (default False): dense targets and a relief-shaded image
 
 
 def split_size(config: Recipe, split: str) -> int:
@@ -477,7 +492,8 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
 
     Returns image [n, R, R, 3] uint8, mask [n, R, R, 1] uint8 (0/1), bbox [n, 4] float32
     (normalised ymin, xmin, ymax, xmax), label, texture_label, texture_class,
-    background: [n] int64.
+    background: [n] int64; with `config.dense` also the targets of
+    builtin_dense.dense_targets, and the image is shaded by the relief.
     """
     total = split_size(config, split)
     n = min(CHUNK, total - chunk * CHUNK)
@@ -489,7 +505,7 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     f = _split_factors(config, split, n, rng)
     # Objects without `rotate` (older Recipe-like configs) keep random orientations.
     rotate = bool(getattr(config, "rotate", True))
-    mask = render_masks(f["label"], r, rng, config.scale_range, rotate)
+    mask, placement = place_shapes(f["label"], r, rng, config.scale_range, rotate)
     pattern = render_textures(f["texture"], r, rng, rotate)
     background = render_backgrounds(f["kind"], r, rng, hue=f["hue"], photo=f["photo"],
                                     rotate=rotate)
@@ -513,6 +529,13 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
     which = np.nonzero(mask)[0]
     g = pattern[mask][:, None]
     image[mask] = np.floor(c2[which] + g * (c1 - c2)[which] + 0.5).astype(np.uint8)
+    dense = {}
+    if getattr(config, "dense", False):
+        # Imported here: builtin_dense imports this module for the shapes.
+        from ssl_jax.data import builtin_dense
+
+        dense = builtin_dense.dense_targets(f["label"], mask, placement, image)
+        image = dense.pop("image")
     if getattr(config, "grey", False):
         # ITU-R 601 luma (what PIL's "L" mode and tf.image.rgb_to_grayscale use).
         luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -525,6 +548,7 @@ def generate_chunk(config: Recipe, split: str, chunk: int) -> dict[str, np.ndarr
         texture_label=f["texture"].astype(np.int64),
         texture_class=_TEXTURE_CLASS_IDX[f["texture"]].astype(np.int64),
         background=f["kind"].astype(np.int64),
+        **dense,
     )
 
 
@@ -552,8 +576,10 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def encoded_chunk(config: Recipe, split: str, chunk: int) -> dict:
-    """generate_chunk with image and mask PNG-encoded (runs in the worker processes)."""
+    """generate_chunk with every uint8 map (image, mask, dense maps) PNG-encoded (runs in
+    the worker processes)."""
     arrays = generate_chunk(config, split, chunk)
-    arrays["image"] = [encode_png(x) for x in arrays["image"]]
-    arrays["mask"] = [encode_png(x) for x in arrays["mask"]]
+    for key, value in arrays.items():
+        if value.dtype == np.uint8 and value.ndim == 4:
+            arrays[key] = [encode_png(x) for x in value]
     return arrays
