@@ -136,7 +136,7 @@ def relief_height(mask: np.ndarray, half: np.ndarray) -> np.ndarray:
     # Normalised as on an unbounded grid: beyond the image there is no shape (zero padding).
     t = np.arange(-r, r + 1, dtype=np.float32)
     g /= np.exp(-0.5 * (t[None] / sigma[:, None]) ** 2).sum(1)[:, None, None]
-    blur = np.einsum("nyi,nij,nxj->nyx", g, mask.astype(np.float32), g, optimize=True)
+    blur = g @ mask.astype(np.float32) @ g  # g is symmetric: g M g^T, batched in BLAS
     bevel = np.clip(2 * blur - 1, 0, 1)
     bevel = bevel * bevel * (3 - 2 * bevel)
     peak = RELIEF_HEIGHT * half.astype(np.float32)[:, None, None]
