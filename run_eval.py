@@ -83,6 +83,8 @@ def load_source(path: str, image_size: int, mesh) -> dict:
                 "dataset": None,
                 "data_dir": None, "train_split": None, "eval_split": None,
                 "image_size": image_size or 224, "crop_fraction": 0.875, "batch_size": 256,
+                "augment": None,  # no training config, so no augmentations of its own
+                "name": f"converted {meta.get('family')}",
                 "describe": f"converted {meta.get('family')} checkpoint"}
     config, method, state = train.load_trained(path, mesh)
     ds = config.dataset
@@ -96,6 +98,8 @@ def load_source(path: str, image_size: int, mesh) -> dict:
             "data_dir": ds.data_dir, "train_split": ds.train_split,
             "eval_split": ds.eval_split, "image_size": image_size or ds.image_size,
             "crop_fraction": ds.eval_crop_fraction, "batch_size": config.eval.batch_size,
+            "augment": (config.augment.preset, dict(config.augment.get("overrides", {}))),
+            "name": config.method,
             "describe": f"{config.method}, {config.model.name} width {config.model.width}, "
                         f"step {int(state.step)}"}
 
@@ -411,19 +415,20 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
     import jax
     import numpy as np
 
-    from ssl_jax import train
     from ssl_jax.data import augment
     from ssl_jax.similarity import compare
 
     if not config.checkpoint_b:
         raise ValueError("the similarity evaluator needs --config.checkpoint_b (the second "
                          "network)")
-    config_a, method_a, state_a = train.load_trained(config.checkpoint, ctx["mesh"])
-    config_b, method_b, state_b = train.load_trained(config.checkpoint_b, ctx["mesh"])
-    data, ds = ctx["data"], config_a.dataset
+    # Either network may be a run_train workdir or a converted checkpoint: both come through
+    # load_source, like every other evaluator's checkpoint. Both see A's images.
+    source_a = ctx["source"]
+    source_b = load_source(config.checkpoint_b, config.image_size, ctx["mesh"])
+    data = ctx["data"]
     split = data["splits"][1]
     batch = 8 * jax.device_count() * max(1, 64 // (8 * jax.device_count()))
-    source = dict(ctx["source"], batch_size=batch)
+    source = dict(source_a, batch_size=batch)
 
     def minibatches():
         seen = 0
@@ -433,32 +438,38 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
             seen += batch
             yield {"image": b["image"].astype(np.float32) / 255.0, "label": b["label"]}
 
-    preset = augment.get_preset(config_a.augment.preset,
-                                **dict(config_a.augment.get("overrides", {})))
-    aug = jax.jit(lambda key, x: augment.augment_views(key, x, preset.views[0]))
-    variables = lambda st: {"params": st.params, **st.model_state}  # noqa: E731
+    # Clean-vs-augmented CKA uses A's own training augmentations; a converted checkpoint has
+    # none recorded, so that column is left out for it.
+    aug, preset_name = None, None
+    if source_a["augment"] is not None:
+        preset_id, overrides = source_a["augment"]
+        preset = augment.get_preset(preset_id, **overrides)
+        aug = jax.jit(lambda key, x: augment.augment_views(key, x, preset.views[0]))
+        preset_name = preset.name
     result = compare.compare_networks(
-        compare.layer_activations_fn(method_a.net.apply, config.activations),
-        variables(state_a),
-        compare.layer_activations_fn(method_b.net.apply, config.activations),
-        variables(state_b), minibatches(), data["num_classes"], augment=aug)
-    label_a = f"{config_a.method} ({os.path.basename(os.path.normpath(config.checkpoint))})"
-    label_b = f"{config_b.method} ({os.path.basename(os.path.normpath(config.checkpoint_b))})"
+        compare.layer_activations_fn(source_a["apply_fn"], config.activations),
+        source_a["apply_variables"],
+        compare.layer_activations_fn(source_b["apply_fn"], config.activations),
+        source_b["apply_variables"], minibatches(), data["num_classes"], augment=aug)
+    label_a = f"{source_a['name']} ({os.path.basename(os.path.normpath(config.checkpoint))})"
+    label_b = f"{source_b['name']} ({os.path.basename(os.path.normpath(config.checkpoint_b))})"
     compare.plot_cka_matrix(result["cka"], result["layers_a"], result["layers_b"],
                             os.path.join(ctx["outdir"], "cka.png"), label_a, label_b)
     record = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
-    record.update(checkpoint_b=os.path.abspath(config.checkpoint_b), split=split,
-                  activations=config.activations, augmentation=preset.name,
-                  image_size=ds.image_size)
+    record.update(checkpoint_b=os.path.abspath(config.checkpoint_b),
+                  source_b=source_b["describe"], split=split,
+                  activations=config.activations, augmentation=preset_name,
+                  image_size=source_a["image_size"])
     la, lb = result["layers_a"], result["layers_b"]
-    lines = [f"A = {label_a}, B = {label_b}; `{split}`, minibatch linear CKA (unbiased HSIC, "
-             f"batch {batch}), activations: {config.activations}. Heatmap: `cka.png`.", "",
+    lines = [f"A = {label_a}, B = {label_b} ({source_b['describe']}); `{split}`, minibatch "
+             f"linear CKA (unbiased HSIC, batch {batch}), activations: {config.activations}. "
+             "Heatmap: `cka.png`.", "",
              "| layer of A | CKA with same-index layer of B | CKA(A, labels) | "
              "CKA(A clean, A augmented) |", "|---|---|---|---|"]
     for i, n in enumerate(la):
         same = f"{result['cka'][i, i]:.3f}" if i < len(lb) else "-"
-        lines.append(f"| {n} | {same} | {result['label_cka_a'][i]:.3f} | "
-                     f"{result['augment_cka_a'][i]:.3f} |")
+        augmented = f"{result['augment_cka_a'][i]:.3f}" if aug is not None else "-"
+        lines.append(f"| {n} | {same} | {result['label_cka_a'][i]:.3f} | {augmented} |")
     return record, lines
 
 

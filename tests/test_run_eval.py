@@ -1,13 +1,15 @@
 """run_eval end to end on the tiny built-in dataset: every frozen-feature evaluator config on a
-smoke-trained checkpoint, outputs on disk, and the feature cache reused by a second run."""
+smoke-trained checkpoint, outputs on disk, the feature cache reused by a second run, and the
+similarity evaluator on run directories and converted checkpoints."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 import run_eval
-from configs.eval import attention, confusion, linear, per_layer, retrieval
+from configs.eval import attention, confusion, linear, per_layer, retrieval, similarity
 from ssl_jax import sharding
 
 
@@ -134,3 +136,57 @@ def test_run_eval_bad_values_name_valid_choices(smoke_checkpoint, tmp_path):
                      str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown config arg 'bogus'; valid:"):
         linear.get_config("bogus=1")
+
+
+def _convert_smoke_run(run_dir, out_dir):
+    """The smoke run's backbone as a converted checkpoint directory: exported to torchvision
+    keys and converted back as a torchvision ResNet. Both normalise with ImageNet statistics
+    inside, so the converted network computes the run's backbone exactly."""
+    from checkpoints_convert import torchvision as tv
+    from checkpoints_convert.convert import convert, write_converted
+    from ssl_jax import train
+
+    config, _, state = train.load_trained(run_dir, sharding.make_mesh())
+    backbone = {"params": state.params["backbone"],
+                "batch_stats": state.model_state["batch_stats"]["backbone"]}
+    sd = tv.flax_to_torch(jax.device_get(backbone), config.model.name,
+                          width=config.model.width, cifar_stem=config.model.cifar_stem)
+    write_converted(convert(sd, "torchvision_resnet"), str(out_dir))
+    return str(out_dir)
+
+
+@pytest.mark.slow
+def test_similarity_on_run_directories_and_converted_checkpoints(smoke_checkpoint, tiny_data_dir,
+                                                                  tmp_path):
+    converted = _convert_smoke_run(smoke_checkpoint, tmp_path / "converted")
+
+    def cka(checkpoint, checkpoint_b, name, **fields):
+        c = _config(similarity, checkpoint, tmp_path / "cache", num_examples=64,
+                    checkpoint_b=checkpoint_b, **fields)
+        record = run_eval.run(c, str(tmp_path / name))
+        assert (tmp_path / name / "cka.png").stat().st_size > 1000
+        m = record["metrics"]
+        matrix = np.array(m["cka"])
+        assert matrix.shape == (len(m["layers_a"]), len(m["layers_b"]))
+        assert np.all((matrix >= -1e-5) & (matrix <= 1 + 1e-5))
+        return m, matrix
+
+    m, matrix = cka(smoke_checkpoint, smoke_checkpoint, "run_run")
+    assert m["layers_a"] == m["layers_b"]
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-5)
+    assert len(m["augment_cka_a"]) == len(m["layers_a"])
+
+    # The converted network has the run's backbone layers (no projection head): each of them
+    # matches the run's same-named layer exactly.
+    m, matrix = cka(smoke_checkpoint, converted, "run_converted")
+    assert m["source_b"].startswith("converted torchvision_resnet")
+    backbone = [n for n in m["layers_b"] if n.startswith("backbone/")]
+    assert backbone and set(backbone) <= set(m["layers_a"])
+    same = [matrix[m["layers_a"].index(n), m["layers_b"].index(n)] for n in backbone]
+    np.testing.assert_allclose(same, 1.0, atol=1e-5)
+
+    # A converted checkpoint as network A: the dataset and resolution come from the config,
+    # and there is no augmentation of its own to compare against.
+    m, matrix = cka(converted, smoke_checkpoint, "converted_run", image_size=32,
+                    dataset="shapes_textures/tiny", data_dir=tiny_data_dir)
+    assert m["augmentation"] is None and "augment_cka_a" not in m

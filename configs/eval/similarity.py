@@ -1,8 +1,9 @@
 """python run_eval.py --config configs/eval/similarity.py --config.checkpoint=runs/quickstart/simclr --config.checkpoint_b=runs/quickstart/supervised --outdir runs/eval/cka
 
-Layer-by-layer minibatch CKA between two run_train checkpoints on the first `num_examples`
-eval examples (all layer pairs, each layer vs one-hot labels, each layer of A clean vs
-augmented); `activations`: gap or flatten.
+Layer-by-layer minibatch CKA between two networks on the first `num_examples` eval examples
+(all layer pairs, each layer vs one-hot labels, each layer of A clean vs its training
+augmentations); `activations`: gap or flatten. `checkpoint` and `checkpoint_b` are each a
+run_train workdir or a converted checkpoint directory (docs/SIMILARITY.md).
 """
 from configs.common import eval_config
 

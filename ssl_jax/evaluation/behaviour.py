@@ -5,7 +5,9 @@ For a network: a linear head fitted on frozen train features (one decision rule 
 method: self-supervised ones have no classifier), its accuracy on the `test` split (texture and
 background independent of the class), shape bias on `cue_conflict` (shape = `label`, texture =
 `texture_class`), uniform-noise and contrast robustness curves, and the attention report's
-localisation IoUs with the true masks (`attention_report.evaluate_attention`).
+localisation IoUs with the true masks (`attention_report.evaluate_attention`); optionally its
+accuracy and per-image correctness on silhouette and edge stimuli (`ssl_jax.evaluation.stimuli`),
+from which `stimulus_error_consistency` gives the kappa matrix between networks.
 """
 from __future__ import annotations
 
@@ -33,6 +35,31 @@ def load_split(builder, split: str, limit: int) -> dict[str, np.ndarray]:
     return out
 
 
+def batched_decisions(predict, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """predict(images [b, ...]) -> decisions [b], over `images` in batches of `batch_size`."""
+    return np.concatenate([np.asarray(predict(images[i:i + batch_size]))
+                           for i in range(0, len(images), batch_size)])
+
+
+def score_stimuli(predict, stimuli: Mapping[str, np.ndarray], batch_size: int = 256) -> dict:
+    """Accuracy and per-image correctness (for error consistency) on a stimulus set
+    ({"image" uint8 [N, H, W, 3], "label" [N]}, `stimuli.stimulus_set`); the images are fed as
+    floats in [0, 1], what the networks were trained on."""
+    images = np.asarray(stimuli["image"], np.float32) / 255.0
+    correct = batched_decisions(predict, images, batch_size) == np.asarray(stimuli["label"])
+    return {"accuracy": float(np.mean(correct)), "correct": correct.tolist()}
+
+
+def stimulus_error_consistency(results: Mapping[str, dict],
+                               kind: str) -> tuple[list[str], np.ndarray]:
+    """(network names, [n, n] kappa matrix) on the `kind` stimuli ("silhouette", "edge") of
+    `evaluate_behaviour` records by network name, all scored on the same stimulus set."""
+    from ssl_jax.evaluation.error_consistency import error_consistency_matrix
+
+    return error_consistency_matrix({name: np.asarray(r["stimuli"][kind]["correct"])
+                                     for name, r in results.items()})
+
+
 @partial(jax.jit, static_argnums=0)
 def _decisions(net, variables, head, x):
     # Module level with the net static and the weights as arguments: networks of one
@@ -47,13 +74,15 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     """One network's behaviour record. `train_features`, `train_labels`: its frozen features of
     the train split (train.extract_features of `method.features`, e.g. those the frozen
     evaluation already extracted), on which the linear head is fitted; `data`:
-    {"test": ..., "cue_conflict": ...} from `load_split`; attention overlays and their report
-    go to `outdir`."""
+    {"test": ..., "cue_conflict": ...} from `load_split`, optionally with "silhouette" and
+    "edge" stimulus sets (`stimuli.stimulus_set`, scored into the record's "stimuli");
+    attention overlays and their report go to `outdir`."""
     from ssl_jax.data.builtin import SHAPE_NAMES
     from ssl_jax.evaluation import attention as A
     from ssl_jax.evaluation import attention_report as R
     from ssl_jax.evaluation import distortions as D
     from ssl_jax.evaluation import shape_bias as S
+    from ssl_jax.evaluation.stimuli import STIMULUS_KINDS
 
     w, b = R.fit_linear_head(train_features, train_labels, num_classes)
     head = A.LinearHead(w, b, 0)
@@ -66,9 +95,7 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
         return np.asarray(_decisions(method.net, variables, head, x))[:n]
 
     test, cue = data["test"], data["cue_conflict"]
-    acc = float(np.mean(np.concatenate([predict(test["image"][i:i + batch_size])
-                                        for i in range(0, len(test["label"]), batch_size)])
-                        == test["label"]))
+    acc = float(np.mean(batched_decisions(predict, test["image"], batch_size) == test["label"]))
     bias = S.evaluate_shape_bias(predict, cue["image"], cue["label"], cue["texture_class"],
                                  categories=SHAPE_NAMES, batch_size=batch_size)
     curves = {f: D.robustness_curve(predict, test["image"], test["label"], f,
@@ -81,7 +108,9 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
             "cue_fractions": bias["fractions"],
             "robustness": {f: {"levels": c["levels"], "accuracy": c["accuracy"]}
                            for f, c in curves.items()},
-            "attention": attention["metrics"], "attention_layer": attention["layer"]}
+            "attention": attention["metrics"], "attention_layer": attention["layer"],
+            "stimuli": {k: score_stimuli(predict, data[k], batch_size)
+                        for k in STIMULUS_KINDS if k in data}}
 
 
 def markdown_lines(results: Mapping[str, dict]) -> list[str]:
@@ -96,6 +125,13 @@ def markdown_lines(results: Mapping[str, dict]) -> list[str]:
         lines.append(f"| {name} | {100 * r['test_accuracy']:.1f}% | {r['shape_bias']:.3f} | "
                      f"{fr['shape']:.2f} / {fr['texture']:.2f} / {fr['other']:.2f} | {loc} |")
     some = next(iter(results.values()))
+    kinds = list(some.get("stimuli", {}))
+    if kinds:
+        lines += ["", "| network | " + " | ".join(f"{k} acc." for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        lines += [f"| {name} | " + " | ".join(f"{100 * r['stimuli'][k]['accuracy']:.1f}%"
+                                              for k in kinds) + " |"
+                  for name, r in results.items()]
     for family in FAMILIES:
         levels = some["robustness"][family]["levels"]
         lines += ["", f"Accuracy (%) under {family}:", "",
