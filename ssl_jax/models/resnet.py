@@ -10,6 +10,11 @@ module names: ``stem`` (after the max-pool; after the ReLU with ``cifar_stem``),
 ``layer1.0`` ... ``layer4.2``, every stage ``layer1`` ... ``layer4`` (the same array as the
 stage's last block) and ``pool`` (global average pool, [N, C]). Each is stored as a 1-tuple, as
 ``sow`` does.
+
+Inside each block, ``sow_in_block`` (the ``in_block`` collection, collected only when asked for)
+names the activations after each inner conv's BN + ReLU, ``relu1`` (and ``relu2`` in a
+bottleneck), and the block output ``out`` (the same array as ``layerS.B``), under the block's
+module path: ``layer1_0/relu1``, ``layer1_0/out``. Parameters are unaffected.
 """
 import functools
 from typing import Any, Callable, Sequence
@@ -18,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
-from ssl_jax.models.taps import tap
+from ssl_jax.models.taps import sow_in_block, tap
 
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -88,9 +93,12 @@ class BasicBlock(_BlockBase):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         y = self._conv(self.planes, 3, self.strides, "conv1")(x)
         y = self.activation(self._bn(train, "bn1")(y))
+        sow_in_block(self, "relu1", y)
         y = self._conv(self.planes, 3, 1, "conv2")(y)
         y = self._bn(train, "bn2", zero=self.zero_init_residual)(y)
-        return self.activation(y + self._shortcut(x, self.planes, train))
+        out = self.activation(y + self._shortcut(x, self.planes, train))
+        sow_in_block(self, "out", out)
+        return out
 
 
 class Bottleneck(_BlockBase):
@@ -108,11 +116,15 @@ class Bottleneck(_BlockBase):
         inner = int(self.planes * (self.width_per_group / 64))  # torchvision's rounding
         y = self._conv(inner, 1, 1, "conv1")(x)
         y = self.activation(self._bn(train, "bn1")(y))
+        sow_in_block(self, "relu1", y)
         y = self._conv(inner, 3, self.strides, "conv2")(y)
         y = self.activation(self._bn(train, "bn2")(y))
+        sow_in_block(self, "relu2", y)
         y = self._conv(out, 1, 1, "conv3")(y)
         y = self._bn(train, "bn3", zero=self.zero_init_residual)(y)
-        return self.activation(y + self._shortcut(x, out, train))
+        y = self.activation(y + self._shortcut(x, out, train))
+        sow_in_block(self, "out", y)
+        return y
 
 
 class ResNet(nn.Module):

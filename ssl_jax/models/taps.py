@@ -6,11 +6,16 @@
 "perturbations", or the variables carry that collection), so ordinary ``init``/``apply`` are
 unchanged; the gradient of any output w.r.t. ``p`` is the gradient w.r.t. the activation, which
 is how ssl_jax.evaluation.attention gets Grad-CAM at any named layer without forking models.
+
+``sow_in_block(module, name, x)`` sows an activation inside a residual block into the separate
+``in_block`` collection: collected only when asked for (``mutable=["intermediates", IN_BLOCK]``),
+so the "intermediates" that every evaluator reads stay the same.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
 PERTURBATIONS = "perturbations"
+IN_BLOCK = "in_block"
 
 
 def tap(module: nn.Module, name: str, x: jnp.ndarray) -> jnp.ndarray:
@@ -19,3 +24,11 @@ def tap(module: nn.Module, name: str, x: jnp.ndarray) -> jnp.ndarray:
     if module.is_initializing():  # keep init's variables free of a perturbations collection
         return x
     return module.perturb(name, x, collection=PERTURBATIONS)
+
+
+def sow_in_block(module: nn.Module, name: str, x: jnp.ndarray) -> None:
+    """Sow ``x`` (an activation inside a residual block) into the ``in_block`` collection."""
+    # Not at init: init collects every collection it is not told to skip, and the variables
+    # (checkpoints, converters) must keep their layout.
+    if not module.is_initializing():
+        module.sow(IN_BLOCK, name, x)
