@@ -446,10 +446,11 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
         preset = augment.get_preset(preset_id, **overrides)
         aug = jax.jit(lambda key, x: augment.augment_views(key, x, preset.views[0]))
         preset_name = preset.name
+    layer_set = config.layers
     result = compare.compare_networks(
-        compare.layer_activations_fn(source_a["apply_fn"], config.activations),
+        compare.layer_activations_fn(source_a["apply_fn"], config.activations, layer_set),
         source_a["apply_variables"],
-        compare.layer_activations_fn(source_b["apply_fn"], config.activations),
+        compare.layer_activations_fn(source_b["apply_fn"], config.activations, layer_set),
         source_b["apply_variables"], minibatches(), data["num_classes"], augment=aug)
     label_a = f"{source_a['name']} ({os.path.basename(os.path.normpath(config.checkpoint))})"
     label_b = f"{source_b['name']} ({os.path.basename(os.path.normpath(config.checkpoint_b))})"
@@ -459,17 +460,23 @@ def eval_similarity(config, ctx: dict) -> tuple[dict, list[str]]:
     record.update(checkpoint_b=os.path.abspath(config.checkpoint_b),
                   source_b=source_b["describe"], split=split,
                   activations=config.activations, augmentation=preset_name,
-                  image_size=source_a["image_size"])
+                  image_size=source_a["image_size"], layer_set=layer_set,
+                  best_match_b=compare.best_match(result["cka"]).tolist())
     la, lb = result["layers_a"], result["layers_b"]
+    best = record["best_match_b"]
     lines = [f"A = {label_a}, B = {label_b} ({source_b['describe']}); `{split}`, minibatch "
-             f"linear CKA (unbiased HSIC, batch {batch}), activations: {config.activations}. "
-             "Heatmap: `cka.png`.", "",
-             "| layer of A | CKA with same-index layer of B | CKA(A, labels) | "
-             "CKA(A clean, A augmented) |", "|---|---|---|---|"]
+             f"linear CKA (unbiased HSIC, batch {batch}), activations: {config.activations}, "
+             f"layer set: {layer_set}. `cka.png`: the heatmap with each layer of A's most "
+             "similar layer of B dotted, and per layer of A its CKA with B's same-named layer "
+             "(diag) and with the most similar one (max).", "",
+             "| layer of A | CKA with same-index layer of B | most similar layer of B (CKA) | "
+             "CKA(A, labels) | CKA(A clean, A augmented) |", "|---|---|---|---|---|"]
     for i, n in enumerate(la):
         same = f"{result['cka'][i, i]:.3f}" if i < len(lb) else "-"
+        match = f"{lb[best[i]]} ({result['cka'][i, best[i]]:.3f})"
         augmented = f"{result['augment_cka_a'][i]:.3f}" if aug is not None else "-"
-        lines.append(f"| {n} | {same} | {result['label_cka_a'][i]:.3f} | {augmented} |")
+        lines.append(f"| {n} | {same} | {match} | {result['label_cka_a'][i]:.3f} | "
+                     f"{augmented} |")
     return record, lines
 
 

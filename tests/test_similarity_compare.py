@@ -1,10 +1,15 @@
 """Layer-by-layer comparison of two networks (run_eval configs/eval/similarity.py)."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from ssl_jax.models.taps import IN_BLOCK
 from ssl_jax.similarity import compare
+from ssl_jax.similarity.activations import flatten_intermediates
 
 
 class TwoLayerNet(nn.Module):
@@ -77,3 +82,100 @@ def test_a_network_against_itself_has_unit_diagonal():
     np.testing.assert_allclose(np.diag(res["cka"]), 1.0, atol=1e-5)
     np.testing.assert_allclose(res["cka"], res["cka"].T, atol=1e-6)
     assert "augment_cka_a" not in res
+
+
+def _random_variables(model, x):
+    """Random parameters and BN statistics by shape: no init to compile (slow on 2 cores)."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    rng = np.random.default_rng(3)
+
+    def draw(s):  # kernels scaled by fan-in (activations stay O(1)); no value near 0
+        fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 1
+        return (rng.uniform(0.5, 1.5, s.shape) * rng.choice([-1, 1], s.shape)
+                / np.sqrt(fan_in)).astype(s.dtype)
+
+    return jax.tree.map(draw, shapes), shapes
+
+
+def test_resnet18_layer_sets_in_forward_order():
+    from ssl_jax.models import get_model
+
+    model = get_model("resnet18", width=0.125, cifar_stem=True)
+    x = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32)
+    _, shapes = _random_variables(model, x)
+    assert set(shapes) == {"params", "batch_stats"}  # the in-block sows add no variables
+    blocks = [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    inner = [f"layer{s}_{b}/relu1" for s in range(1, 5) for b in range(2)]
+    expected = {
+        "blocks": ["stem", *blocks, "pool"],
+        "even": ["stem", *blocks, "pool"],
+        "odd": inner,
+        "all": ["stem", *[n for pair in zip(inner, blocks) for n in pair], "pool"],
+    }
+    assert len(expected["all"]) == 1 + 4 * 2 * 2 + 1
+    for layer_set, names in expected.items():
+        got = []
+
+        def trace(variables, x):  # names are fixed at trace time: shapes only, no compute
+            _, state = model.apply(variables, x, train=False,
+                                   mutable=["intermediates", IN_BLOCK])
+            got[:] = compare.select_layers(flatten_intermediates(state["intermediates"]),
+                                           flatten_intermediates(state[IN_BLOCK]), layer_set)
+            return 0
+
+        jax.eval_shape(trace, shapes, x)
+        assert got == names, layer_set
+    with pytest.raises(ValueError, match="layer sets"):
+        compare.layer_activations_fn(model.apply, "gap", "inner")
+
+
+def test_in_block_activations_equal_a_manual_block():
+    from ssl_jax.models.resnet import ResNet
+
+    # Two one-block stages: layer2_0 is strided with a downsample shortcut, like ResNet-18's.
+    model = ResNet(stage_sizes=(1, 1), width=0.125, cifar_stem=True)
+    x = np.random.default_rng(2).random((4, 8, 8, 3), dtype=np.float32)
+    variables, _ = _random_variables(model, x)
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])  # var > 0
+    names, acts = compare.layer_activations_fn(model.apply, "flatten", "all")(variables, x)
+    assert names == ["stem", "layer1_0/relu1", "layer1.0", "layer2_0/relu1", "layer2.0", "pool"]
+    acts = dict(zip(names, acts))
+
+    p, s = variables["params"]["layer2_0"], variables["batch_stats"]["layer2_0"]
+
+    def conv_bn(y, conv, bn, strides, pad):  # bn(conv(y)) by hand, eval-mode BN, torch pads
+        y = jax.lax.conv_general_dilated(y, p[conv]["kernel"], (strides, strides),
+                                         ((pad, pad), (pad, pad)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (np.asarray(y) - s[bn]["mean"]) / np.sqrt(s[bn]["var"] + 1e-5) * p[bn]["scale"] \
+            + p[bn]["bias"]
+
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
+    block_in = acts["layer1.0"].reshape(4, 8, 8, -1)
+    relu1 = np.maximum(conv_bn(block_in, "conv1", "bn1", 2, 1), 0)
+    assert 0.1 < np.mean(relu1 > 0) < 0.9  # a real mix of active and inactive units
+    close(acts["layer2_0/relu1"], relu1.reshape(4, -1))
+    # The block output (sown outside the block as "layer2.0"), by hand too.
+    out = np.maximum(conv_bn(relu1, "conv2", "bn2", 1, 1)
+                     + conv_bn(block_in, "downsample_0", "downsample_1", 2, 0), 0)
+    close(acts["layer2.0"], out.reshape(4, -1))
+    with pytest.raises(ValueError, match="sows none"):  # a model without residual blocks
+        net = TwoLayerNet()
+        compare.layer_activations_fn(net.apply, "gap", "all")(
+            net.init(jax.random.key(0), x, train=False), x)
+
+
+def test_best_match_and_curves_equal_numpy(tmp_path):
+    cka = np.random.default_rng(4).random((5, 7))
+    np.testing.assert_array_equal(compare.best_match(cka), [np.argmax(r) for r in cka])
+    np.testing.assert_array_equal(compare.row_max(cka), [np.max(r) for r in cka])
+    square = cka[:, :5]
+    names = [f"l{i}" for i in range(5)]
+    np.testing.assert_array_equal(compare.same_layer_curve(square, names, names),
+                                  np.diag(square))
+    # By name: B with an extra head layer at the front still pairs l_i with l_i.
+    curve = compare.same_layer_curve(cka[:, :6], names + ["x"], ["head"] + names)
+    np.testing.assert_array_equal(curve[:5], cka[np.arange(5), np.arange(1, 6)])
+    assert np.isnan(curve[5])
+    compare.plot_cka_matrix(cka, names, [f"b/l{i}" for i in range(7)], str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -6,6 +6,8 @@ Over one pass of a dataset, accumulated minibatch by minibatch (memory independe
 - each layer's CKA between clean and augmented inputs (augmentation invariance).
 Activations are taken from the `intermediates` the models sow (see ssl_jax.models.layer_names);
 stage aliases that sow the same array as a block (e.g. `layer1` = last `layer1.N`) are kept once.
+Which layers are compared is a layer set (`LAYER_SETS`, see `select_layers`): the sown block
+outputs, or also the activations inside each residual block (001's all / odd / even views).
 """
 from __future__ import annotations
 
@@ -16,28 +18,79 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ssl_jax.models.taps import IN_BLOCK
 from ssl_jax.similarity.activations import flatten_intermediates, to_examples
 from ssl_jax.similarity.minibatch import (minibatch_cka_init, minibatch_cka_result,
                                           minibatch_cka_update)
 
 
-def layer_activations_fn(apply_fn: Callable, mode: str = "gap") -> Callable:
+LAYER_SETS = ("blocks", "all", "odd", "even")
+
+
+def select_layers(intermediates: Mapping, in_block: Mapping, layers: str = "blocks") -> dict:
+    """The flattened `intermediates` and `in_block` collections -> {name: activation} of one
+    layer set, in forward order:
+    - "blocks": every sown `intermediates` layer, aliases kept once (stem, block outputs, pool
+      and any head layers); 001's post-residual "even" layers, so "even" is the same set;
+    - "odd": the activations inside the residual blocks (`layer1_0/relu1`, ...);
+    - "all": "blocks" with each block's inner activations placed just before its output.
+    For ResNet-18/34 (one inner activation per block) "all" alternates inner activation and
+    block output after the stem, so odd / even are also its odd / even positions there.
+    """
+    if layers not in LAYER_SETS:
+        raise ValueError(f"layers={layers!r}; valid layer sets: {', '.join(LAYER_SETS)}")
+    blocks, seen = {}, []
+    for name, a in intermediates.items():
+        if any(a is s for s in seen):  # an alias of a layer already kept
+            continue
+        seen.append(a)
+        blocks[name] = a
+    if layers in ("blocks", "even"):
+        return blocks
+    # A block sows its inner activations, then its output as "out": the same array as the
+    # block output sown outside it, which is how each group finds its place in "blocks".
+    groups, inner = [], {}
+    for name, a in in_block.items():
+        if name.split("/")[-1] == "out":
+            groups.append((a, inner))
+            inner = {}
+        else:
+            inner[name] = a
+    if not groups:
+        raise ValueError(f"layers={layers!r} needs activations inside residual blocks, and "
+                         "this model sows none (only the ResNet family does)")
+    if layers == "odd":
+        return {name: a for _, g in groups for name, a in g.items()}
+    out, placed = {}, 0
+    for name, a in blocks.items():
+        for block_out, g in groups:
+            if a is block_out:
+                out.update(g)
+                placed += 1
+        out[name] = a
+    if placed != len(groups):
+        raise ValueError("a block's output is not among the sown layers; cannot place its "
+                         "inner activations")
+    return out
+
+
+def layer_activations_fn(apply_fn: Callable, mode: str = "gap",
+                         layers: str = "blocks") -> Callable:
     """apply_fn(variables, images, train=False, mutable=[...]) -> jitted
-    (variables, images) -> (names, [n, p] activations per layer), aliases removed."""
+    (variables, images) -> (names, [n, p] activations per layer) of the layer set `layers`
+    (`select_layers`)."""
+    if layers not in LAYER_SETS:  # fail before any data is read
+        raise ValueError(f"layers={layers!r}; valid layer sets: {', '.join(LAYER_SETS)}")
     names: list[str] = []
 
     @jax.jit
     def acts(variables, images):
-        _, state = apply_fn(variables, images, train=False, mutable=["intermediates"])
-        flat = flatten_intermediates(state.get("intermediates", {}))
-        kept, seen = {}, []
-        for name, a in flat.items():
-            if any(a is s for s in seen):  # an alias of a layer already kept
-                continue
-            seen.append(a)
-            kept[name] = to_examples(a, mode)
+        _, state = apply_fn(variables, images, train=False,
+                            mutable=["intermediates", IN_BLOCK])
+        kept = select_layers(flatten_intermediates(state.get("intermediates", {})),
+                             flatten_intermediates(state.get(IN_BLOCK, {})), layers)
         names[:] = list(kept)
-        return tuple(kept.values())
+        return tuple(to_examples(a, mode) for a in kept.values())
 
     def run(variables, images):
         out = acts(variables, images)
@@ -83,20 +136,58 @@ def compare_networks(acts_a: Callable, vars_a: Mapping, acts_b: Callable, vars_b
     return out
 
 
+def best_match(cka: np.ndarray) -> np.ndarray:
+    """For each layer of A (row), the index of B's layer with the highest CKA (001's dots)."""
+    return np.argmax(cka, axis=1)
+
+
+def row_max(cka: np.ndarray) -> np.ndarray:
+    """For each layer of A, its CKA with the most similar layer of B (001's "max" curve)."""
+    return np.max(cka, axis=1)
+
+
+def same_layer_curve(cka: np.ndarray, layers_a: list[str], layers_b: list[str]) -> np.ndarray:
+    """For each layer of A, its CKA with B's layer of the same name, NaN where B has none
+    (001's "diag" curve: the diagonal when both networks have the same layer list; by name so
+    that a head only one network has does not shift the backbone's layers)."""
+    index_b = {name: j for j, name in enumerate(layers_b)}
+    return np.array([cka[i, index_b[name]] if name in index_b else np.nan
+                     for i, name in enumerate(layers_a)])
+
+
 def plot_cka_matrix(cka: np.ndarray, layers_a: list[str], layers_b: list[str], path: str,
                     title_a: str = "A", title_b: str = "B") -> None:
-    """Heatmap of the [La, Lb] CKA matrix, layers in forward order (001's figure style)."""
+    """001's figure 2 for one pair of networks: the [La, Lb] CKA heatmap, layers in forward
+    order, a white dot on each row's most similar layer of B; beside it, per layer of A, the
+    CKA with B's same-named layer (diag) and with its most similar layer of B (max)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.5 + 0.28 * len(layers_b), 1.2 + 0.28 * len(layers_a)))
+    def short(names):  # last name component; with its parent where that alone repeats (relu1)
+        last = [n.split("/")[-1] for n in names]
+        return ["/".join(n.split("/")[-2:]) if last.count(end) > 1 else end
+                for n, end in zip(names, last)]
+
+    la, lb = len(layers_a), len(layers_b)
+    side = 1.2 + 0.28 * max(la, lb)
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(2 * side + 1.5, side),
+                                     gridspec_kw={"width_ratios": [lb / max(la, lb) + 0.1, 1]})
     im = ax.imshow(cka, origin="lower", cmap="magma", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(layers_b)), [n.split("/")[-1] for n in layers_b], rotation=90,
-                  fontsize=7)
-    ax.set_yticks(range(len(layers_a)), [n.split("/")[-1] for n in layers_a], fontsize=7)
+    ax.scatter(best_match(cka), np.arange(la), s=10, c="white", label="best match in B")
+    ax.set_xticks(range(lb), short(layers_b), rotation=90, fontsize=6)
+    ax.set_yticks(range(la), short(layers_a), fontsize=6)
     ax.set(xlabel=title_b, ylabel=title_a, title="linear CKA (minibatch, unbiased)")
     fig.colorbar(im, ax=ax, fraction=0.046)
+
+    same = same_layer_curve(cka, layers_a, layers_b)
+    if not np.all(np.isnan(same)):
+        curves.plot(same, marker=".", label="diag: same layer of B")
+    curves.plot(row_max(cka), marker=".", label="max over layers of B")
+    curves.set_xticks(range(la), short(layers_a), rotation=90, fontsize=6)
+    curves.set(xlabel=f"layer of {title_a}", ylabel="linear CKA", ylim=(0.0, 1.05))
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
