@@ -35,7 +35,8 @@ def select_layers(intermediates: Mapping, in_block: Mapping, layers: str = "bloc
     - "odd": the activations inside the residual blocks (`layer1_0/relu1`, ...);
     - "all": "blocks" with each block's inner activations placed just before its output.
     For ResNet-18/34 (one inner activation per block) "all" alternates inner activation and
-    block output after the stem, so odd / even are also its odd / even positions there.
+    block output from the stem to the last block, so odd / even are also "all"'s odd / even
+    positions there (001's indexing); pool and heads count as even wherever they fall.
     """
     if layers not in LAYER_SETS:
         raise ValueError(f"layers={layers!r}; valid layer sets: {', '.join(LAYER_SETS)}")
