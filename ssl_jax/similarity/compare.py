@@ -181,10 +181,10 @@ def plot_cka_matrix(cka: np.ndarray, layers_a: list[str], layers_b: list[str], p
     ax.set(xlabel=title_b, ylabel=title_a, title="linear CKA (minibatch, unbiased)")
     fig.colorbar(im, ax=ax, fraction=0.046)
 
-    same = same_layer_curve(cka, layers_a, layers_b)
-    if not np.all(np.isnan(same)):
-        curves.plot(same, marker=".", label="diag: same layer of B")
     curves.plot(row_max(cka), marker=".", label="max over layers of B")
+    same = same_layer_curve(cka, layers_a, layers_b)
+    if not np.all(np.isnan(same)):  # dashed on top: visible where it coincides with max
+        curves.plot(same, "x--", label="diag: same layer of B")
     curves.set_xticks(range(la), short(layers_a), rotation=90, fontsize=6)
     curves.set(xlabel=f"layer of {title_a}", ylabel="linear CKA", ylim=(0.0, 1.05))
     curves.grid(alpha=0.3)
