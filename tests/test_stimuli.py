@@ -99,6 +99,6 @@ def test_scoring_stimuli_and_error_consistency_between_networks():
     assert all(d == np.float32 and m == 1.0 for d, m in seen)  # floats in [0, 1]
     assert results["a"]["stimuli"]["edge"]["accuracy"] == 0.5
     assert results["a"]["stimuli"]["edge"]["correct"] == [True, False] * 4
-    names, kappa = behaviour.stimulus_error_consistency(results, "edge")
-    assert names == ["a", "b", "c"]
-    np.testing.assert_allclose(kappa, [[1, 1, -1], [1, 1, -1], [-1, -1, 1]])
+    ec = behaviour.stimulus_error_consistency(results, "edge")
+    assert ec["names"] == ["a", "b", "c"]
+    np.testing.assert_allclose(ec["kappa"], [[1, 1, -1], [1, 1, -1], [-1, -1, 1]])

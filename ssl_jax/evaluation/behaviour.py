@@ -6,8 +6,10 @@ method: self-supervised ones have no classifier), its accuracy on the `test` spl
 background independent of the class), shape bias on `cue_conflict` (shape = `label`, texture =
 `texture_class`), uniform-noise and contrast robustness curves, and the attention report's
 localisation IoUs with the true masks (`attention_report.evaluate_attention`); optionally its
-accuracy and per-image correctness on silhouette and edge stimuli (`ssl_jax.evaluation.stimuli`),
-from which `stimulus_error_consistency` gives the kappa matrix between networks.
+accuracy and per-image correctness on silhouette and edge stimuli (`ssl_jax.evaluation.stimuli`).
+Per-image correctness is also kept on `cue_conflict` (a decision is correct when it names the
+shape, as in 002's cue-conflict error consistency), so `stimulus_error_consistency` gives the
+kappa matrix between networks on any of the three sets.
 """
 from __future__ import annotations
 
@@ -50,14 +52,51 @@ def score_stimuli(predict, stimuli: Mapping[str, np.ndarray], batch_size: int = 
     return {"accuracy": float(np.mean(correct)), "correct": correct.tolist()}
 
 
-def stimulus_error_consistency(results: Mapping[str, dict],
-                               kind: str) -> tuple[list[str], np.ndarray]:
-    """(network names, [n, n] kappa matrix) on the `kind` stimuli ("silhouette", "edge") of
-    `evaluate_behaviour` records by network name, all scored on the same stimulus set."""
-    from ssl_jax.evaluation.error_consistency import error_consistency_matrix
+def score_cue_conflict(predict, cue: Mapping[str, np.ndarray], batch_size: int = 256) -> dict:
+    """Shape bias of `predict`'s decisions on a `load_split` cue_conflict split, overall and per
+    shape class, the shape / texture / other decision fractions, and per-image correctness
+    (correct = the decision names the shape) for error consistency between networks."""
+    from ssl_jax.data.builtin import SHAPE_NAMES
+    from ssl_jax.evaluation import shape_bias as S
 
-    return error_consistency_matrix({name: np.asarray(r["stimuli"][kind]["correct"])
-                                     for name, r in results.items()})
+    bias = S.evaluate_shape_bias(predict, cue["image"], cue["label"], cue["texture_class"],
+                                 categories=SHAPE_NAMES, batch_size=batch_size)
+    correct = bias["predictions"] == np.asarray(cue["label"])
+    return {"shape_bias": bias["shape_bias"], "cue_fractions": bias["fractions"],
+            "shape_bias_per_category": bias["per_category"],
+            "cue_conflict": {"accuracy": float(np.mean(correct)), "correct": correct.tolist()}}
+
+
+def network_group(name: str) -> str:
+    """Default group of a network for error-consistency summaries, from its run name:
+    "random" for random init, "supervised" for supervised runs, "self-supervised" otherwise."""
+    if "random" in name:
+        return "random"
+    return "supervised" if name.startswith("supervised") else "self-supervised"
+
+
+def stimulus_error_consistency(results: Mapping[str, dict], kind: str,
+                               groups: Mapping[str, str] | None = None) -> dict:
+    """Error consistency between networks on the `kind` stimuli ("cue_conflict", "silhouette",
+    "edge") of `evaluate_behaviour` records by network name, all scored on the same images.
+
+    Returns {"names", "kappa": [n, n] Cohen's kappa, "observed": [n, n] fraction of images
+    where both are right or both wrong, "expected": [n, n] that fraction for independent
+    networks of these accuracies (kappa 0), "groups": `group_consistency` of each of the three
+    matrices by group pair (groups: {network: group}, default `network_group`)}."""
+    from ssl_jax.evaluation import error_consistency as E
+
+    correct = {name: np.asarray(r["stimuli"][kind]["correct"], bool)
+               for name, r in results.items()}
+    names, kappa = E.error_consistency_matrix(correct)
+    acc = [correct[n].mean() for n in names]
+    observed = np.array([[np.mean(correct[a] == correct[b]) for b in names] for a in names])
+    expected = np.array([[E.expected_consistency(pa, pb) for pb in acc] for pa in acc])
+    groups = groups or {n: network_group(n) for n in names}
+    summary = {key: E.group_consistency(names, m, groups)
+               for key, m in (("kappa", kappa), ("observed", observed), ("expected", expected))}
+    return {"names": names, "kappa": kappa, "observed": observed, "expected": expected,
+            "groups": summary}
 
 
 @partial(jax.jit, static_argnums=0)
@@ -76,12 +115,12 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     evaluation already extracted), on which the linear head is fitted; `data`:
     {"test": ..., "cue_conflict": ...} from `load_split`, optionally with "silhouette" and
     "edge" stimulus sets (`stimuli.stimulus_set`, scored into the record's "stimuli");
-    attention overlays and their report go to `outdir`."""
-    from ssl_jax.data.builtin import SHAPE_NAMES
+    attention overlays and their report go to `outdir`. The record's "stimuli" also holds
+    "cue_conflict": the fraction of shape decisions and per-image shape correctness;
+    "shape_bias_per_category": shape bias over the stimuli of each shape class."""
     from ssl_jax.evaluation import attention as A
     from ssl_jax.evaluation import attention_report as R
     from ssl_jax.evaluation import distortions as D
-    from ssl_jax.evaluation import shape_bias as S
     from ssl_jax.evaluation.stimuli import STIMULUS_KINDS
 
     w, b = R.fit_linear_head(train_features, train_labels, num_classes)
@@ -96,8 +135,7 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
 
     test, cue = data["test"], data["cue_conflict"]
     acc = float(np.mean(batched_decisions(predict, test["image"], batch_size) == test["label"]))
-    bias = S.evaluate_shape_bias(predict, cue["image"], cue["label"], cue["texture_class"],
-                                 categories=SHAPE_NAMES, batch_size=batch_size)
+    bias = score_cue_conflict(predict, cue, batch_size)
     curves = {f: D.robustness_curve(predict, test["image"], test["label"], f,
                                     batch_size=batch_size) for f in FAMILIES}
     batches = ({"image": test["image"][i:i + 32], "label": test["label"][i:i + 32],
@@ -105,18 +143,24 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     attention = R.evaluate_attention(method.net, variables, batches, outdir, head=head,
                                      output_index=0, title=title)
     return {"test_accuracy": acc, "shape_bias": bias["shape_bias"],
-            "cue_fractions": bias["fractions"],
+            "cue_fractions": bias["cue_fractions"],
+            "shape_bias_per_category": bias["shape_bias_per_category"],
             "robustness": {f: {"levels": c["levels"], "accuracy": c["accuracy"]}
                            for f, c in curves.items()},
             "attention": attention["metrics"], "attention_layer": attention["layer"],
-            "stimuli": {k: score_stimuli(predict, data[k], batch_size)
-                        for k in STIMULUS_KINDS if k in data}}
+            "stimuli": {"cue_conflict": bias["cue_conflict"],
+                        **{k: score_stimuli(predict, data[k], batch_size)
+                           for k in STIMULUS_KINDS if k in data}}}
 
 
-def markdown_lines(results: Mapping[str, dict]) -> list[str]:
+def markdown_lines(results: Mapping[str, dict],
+                   groups: Mapping[str, str] | None = None) -> list[str]:
     """Tables of `evaluate_behaviour` records by network name: accuracy, shape bias (with the
-    shape / texture / other decision fractions), localisation IoU per map, and accuracy under
-    each robustness family's levels."""
+    shape / texture / other decision fractions), localisation IoU per map, accuracy on the
+    silhouette / edge stimuli, and accuracy under each robustness family's levels; with two or
+    more networks, their error consistency on each stimulus set (`error_consistency_lines`)."""
+    from ssl_jax.evaluation.stimuli import STIMULUS_KINDS
+
     lines = ["| network | test acc. | shape bias | shape / texture / other decisions | "
              "loc. IoU " + " / ".join(MAPS) + " |", "|---|---|---|---|---|"]
     for name, r in results.items():
@@ -125,13 +169,17 @@ def markdown_lines(results: Mapping[str, dict]) -> list[str]:
         lines.append(f"| {name} | {100 * r['test_accuracy']:.1f}% | {r['shape_bias']:.3f} | "
                      f"{fr['shape']:.2f} / {fr['texture']:.2f} / {fr['other']:.2f} | {loc} |")
     some = next(iter(results.values()))
-    kinds = list(some.get("stimuli", {}))
+    kinds = [k for k in STIMULUS_KINDS if k in some.get("stimuli", {})]
     if kinds:
         lines += ["", "| network | " + " | ".join(f"{k} acc." for k in kinds) + " |",
                   "|---|" + "---|" * len(kinds)]
         lines += [f"| {name} | " + " | ".join(f"{100 * r['stimuli'][k]['accuracy']:.1f}%"
                                               for k in kinds) + " |"
                   for name, r in results.items()]
+    if len(results) >= 2:
+        for kind in ("cue_conflict", *kinds):
+            if all(kind in r.get("stimuli", {}) for r in results.values()):
+                lines += [""] + error_consistency_lines(results, kind, groups)
     for family in FAMILIES:
         levels = some["robustness"][family]["levels"]
         lines += ["", f"Accuracy (%) under {family}:", "",
@@ -140,6 +188,31 @@ def markdown_lines(results: Mapping[str, dict]) -> list[str]:
         for name, r in results.items():
             acc = r["robustness"][family]["accuracy"]
             lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
+    return lines
+
+
+def error_consistency_lines(results: Mapping[str, dict], kind: str,
+                            groups: Mapping[str, str] | None = None) -> list[str]:
+    """Markdown of `stimulus_error_consistency` on `kind`: the kappa matrix, then per group
+    pair (with at least one network pair) the mean kappa (std over pairs), and the mean
+    observed and chance-level consistency (the fraction of images both get right or both
+    wrong, and its value for independent networks of the same accuracies)."""
+    ec = stimulus_error_consistency(results, kind, groups)
+    names, groups = ec["names"], ec["groups"]
+    note = "; correct = the decision names the shape" if kind == "cue_conflict" else ""
+    lines = [f"Error consistency between networks on `{kind}` (Cohen's kappa of per-image "
+             f"correctness{note}):", "",
+             "| kappa | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {a} | " + " | ".join(f"{k:.2f}" for k in row) + " |"
+              for a, row in zip(names, ec["kappa"])]
+    lines += ["", "| groups | pairs | mean kappa (std) | observed consistency | "
+              "expected by chance |", "|---|---|---|---|---|"]
+    for pair, k in groups["kappa"].items():
+        n = groups["expected"][pair]["n"]  # every pair; kappa skips undefined (nan) ones
+        if n:
+            lines.append(f"| {pair[0]} / {pair[1]} | {n} | {k['mean']:.2f} ({k['std']:.2f}) | "
+                         f"{groups['observed'][pair]['mean']:.2f} | "
+                         f"{groups['expected'][pair]['mean']:.2f} |")
     return lines
 
 
