@@ -40,8 +40,8 @@ def test_cue_conflict_scoring_marks_shape_decisions_correct():
     n = 3 * len(SHAPE_NAMES)
     shape = np.arange(n) % len(SHAPE_NAMES)
     texture = (shape + 1) % len(SHAPE_NAMES)
-    decisions = np.where(np.arange(n) % 3 == 0, shape, np.where(np.arange(n) % 3 == 1,
-                                                                  texture, (shape + 2) % len(SHAPE_NAMES)))
+    other = (shape + 2) % len(SHAPE_NAMES)
+    decisions = np.choose(np.arange(n) % 3, [shape, texture, other])  # shape, texture, other
     images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 2, 2, 3))
     cue = {"image": images, "label": shape, "texture_class": texture}
 
