@@ -51,6 +51,7 @@ def parse_args():
 
 def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> list[str]:
     from ssl_jax.evaluation import behaviour
+    from ssl_jax.evaluation.shape_bias import plot_shape_bias
 
     with open(os.path.join(outdir, "behaviour.json"), "w") as f:
         json.dump({"dataset": dataset, "results": results, "timings": timings}, f, indent=2)
@@ -59,11 +60,14 @@ def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> lis
              "and background independent of the class.", ""]
     lines += behaviour.markdown_lines(results)
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-              "", "Curves: `robustness_<family>.png`; attention overlays: "
-              "`<network>/attention.png`."]
+              "", "Curves: `robustness_<family>.png`; shape bias per shape class: "
+              "`shape_bias_per_category.png`; attention overlays: `<network>/attention.png`."]
     with open(os.path.join(outdir, "behaviour.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     behaviour.plot_robustness(results, outdir)
+    plot_shape_bias({n: r["shape_bias_per_category"] for n, r in results.items()},
+                    os.path.join(outdir, "shape_bias_per_category.png"),
+                    title=f"shape bias per shape class on `{dataset}` cue_conflict")
     return lines
 
 

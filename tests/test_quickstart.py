@@ -26,9 +26,14 @@ def test_quickstart_smoke_writes_a_report_per_run(tiny_data_dir, tmp_path):
     for row in report["behaviour"].values():
         assert 0 <= row["shape_bias"] <= 1 and 0 <= row["test_accuracy"] <= 1
         assert 0 <= row["attention"]["localisation_iou/grad_cam"] <= 1
+        cue = row["stimuli"]["cue_conflict"]
+        assert len(cue["correct"]) == 64 and cue["accuracy"] == row["cue_fractions"]["shape"]
+        assert len(row["shape_bias_per_category"]) == 10
     md = open(tmp_path / "report.md").read()
     assert "| simclr-version=2 |" in md and os.path.exists(tmp_path / "report.png")
     assert "## Behaviour (002)" in md and os.path.exists(tmp_path / "robustness_contrast.png")
+    assert "| kappa | random-init | simclr-version=2 |" in md
+    assert "| random / self-supervised | 1 |" in md
     assert os.path.exists(tmp_path / "simclr-version=2" / "attention.png")
 
 
