@@ -78,6 +78,10 @@ SWEEP: list[tuple[str, str, dict]] = [
     ("eigen_conv_concurrent",
      f"{BEST_CPU_FLAGS} --xla_cpu_enable_concurrency_optimized_scheduler=true", {}),
     ("eigen_conv_bf16", BEST_CPU_FLAGS, {"compute_dtype": "bfloat16"}),
+    # On top of eigen_conv: Eigen's convolutions on one thread (XLA still runs independent
+    # ops side by side), and XLA's own loops split into fewer parallel tasks.
+    ("eigen_conv_single_thread_eigen",
+     f"{BEST_CPU_FLAGS} --xla_cpu_multi_thread_eigen=false", {}),
 ]
 
 NOAUG_OVERRIDES = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
@@ -91,12 +95,16 @@ def load_average() -> float:
 # JAX worker
 # ---------------------------------------------------------------------------------------------
 
-def jax_config(model: str, batch: int, size: int, compute_dtype: str):
-    """The simclr config the step is built from: cifar10 (R18, CIFAR stem) or imagenet (R50)."""
+def jax_config(model: str, batch: int, size: int, compute_dtype: str, width: float = 1.0,
+               stem: str = "cifar"):
+    """The simclr config the step is built from: cifar10 (R18) or imagenet (R50), at `width`
+    with the `stem` ("cifar": 3x3 stride 1, no max-pool; "strided": torchvision's 7x7 stride 2
+    and max-pool; ResNet-50 always has the strided one)."""
     from configs import simclr as simclr_config
     config = simclr_config.get_config("imagenet" if model == "resnet50" else "cifar10")
     config.batch_size = batch
-    config.model.update(name=model, width=1.0, cifar_stem=(model != "resnet50"))
+    config.model.update(name=model, width=width,
+                        cifar_stem=(model != "resnet50" and stem == "cifar"))
     config.dataset.image_size = size
     config.compute_dtype = compute_dtype
     return config
@@ -218,7 +226,8 @@ def run_jax(args) -> dict:
     if not args.gpu and len(jax.devices()) != 1:
         raise RuntimeError(f"expected one CPU device, got {jax.devices()}; "
                            "unset --xla_force_host_platform_device_count")
-    config = jax_config(args.model, args.batch, args.size, args.compute_dtype)
+    config = jax_config(args.model, args.batch, args.size, args.compute_dtype, args.width,
+                        args.stem)
     variants = args.variants.split(",")
     compiled, batch, step_rng = compile_steps(config, args.batch, args.size, variants)
 
@@ -273,8 +282,10 @@ def run_torch(args) -> dict:
     torch.manual_seed(0)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    backbone = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], num_classes=None, cifar_stem=True)
-    head = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 128))
+    backbone = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], num_classes=None, width=args.width,
+                           cifar_stem=args.stem == "cifar")
+    features = backbone.inplanes  # the v1 head's hidden width is the backbone's, as in JAX
+    head = nn.Sequential(nn.Linear(features, features), nn.ReLU(), nn.Linear(features, 128))
     params = list(backbone.parameters()) + list(head.parameters())
     momenta = [torch.zeros_like(p) for p in params]
     lr, wd, eta, mom, temperature = 0.5, 1e-6, 1e-3, 0.9, 0.5
@@ -350,7 +361,8 @@ def spawn(side: str, args, xla_flags: str = "", extra: list[str] | None = None) 
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
            "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--variants", args.variants] + (["--channels-last"] if args.channels_last else [])
+           "--variants", args.variants, "--width", str(args.width), "--stem", args.stem]
+    cmd += ["--channels-last"] if args.channels_last else []
     cmd += extra or []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     for line in reversed(proc.stdout.splitlines()):
@@ -380,7 +392,8 @@ def compare(args) -> dict:
     ok = [x for x in runs if "error" not in x["jax"] and "error" not in x["torch"]]
     if not ok:
         raise RuntimeError("every repeat failed; see the errors above")
-    summary = {"repeats": len(ok), "batch": args.batch, "size": args.size,
+    summary = {"repeats": len(ok), "batch": args.batch, "size": args.size, "width": args.width,
+               "stem": args.stem, "channels_last": args.channels_last,
                "xla_flags": args.xla_flags, "torch_threads": ok[0]["torch"]["threads"]}
     # Wall-clock rate, and images per CPU-second of the process (all its threads): the latter
     # is less sensitive to how much of the shared machine each run happened to get.
@@ -458,6 +471,9 @@ def main() -> None:
     p.add_argument("--variants", default="noaug,aug", help="JAX step variants: noaug,aug")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--model", default="resnet18", choices=("resnet18", "resnet50"))
+    p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
+    p.add_argument("--stem", default="cifar", choices=("cifar", "strided"),
+                   help="ResNet-18 stem: cifar (3x3 stride 1) or strided (7x7/2 + max-pool)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args()
     if args.warmup < 1:

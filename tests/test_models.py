@@ -403,3 +403,70 @@ def test_cpu_conv_equals_flax_conv_bitwise_and_stores_its_input():
         assert ("conditional(" in hlo) == (label == "ours"), label
     for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("in_size,kernel,strides,padding", [
+    (2, 3, 1, ((1, 1), (1, 1))),   # layer3 of the 32 px strided ResNet-18: 2x2 maps
+    (4, 3, 2, ((1, 1), (1, 1))),   # its stride-2 entry: 4x4 -> 2x2
+    (2, 1, 2, ((0, 0), (0, 0))),   # a 1x1 stride-2 downsample: 2x2 -> 1x1
+    (1, 3, 1, ((1, 1), (1, 1))),   # layer4: 1x1 maps, only the centre tap sees data
+    (4, 3, 2, "SAME"),             # SAME pads (0, 1) for stride 2 on an even input
+])
+def test_small_map_conv_is_a_patch_matmul_equal_to_flax_conv(in_size, kernel, strides, padding):
+    """On CPU, a convolution whose output map has <= SMALL_MAP_POSITIONS positions is computed
+    as patches @ kernel (no convolution op left in the compiled step); values and both
+    gradients equal nn.Conv's to float32 rounding."""
+    from ssl_jax.models.conv import SMALL_MAP_POSITIONS, Conv
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(6, in_size, in_size, 5)), jnp.float32)
+    kwargs = dict(features=7, kernel_size=(kernel, kernel), strides=(strides, strides),
+                  padding=padding, use_bias=False)
+    ours, flax_conv = Conv(**kwargs), nn.Conv(**kwargs)
+    params = flax_conv.init(KEY, x)
+    out_shape = flax_conv.apply(params, x).shape
+    assert out_shape[1] * out_shape[2] <= SMALL_MAP_POSITIONS
+
+    def loss(module, p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    results = {}
+    for label, module in (("ours", ours), ("flax", flax_conv)):
+        fn = jax.jit(jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1)))
+        results[label] = fn(params, x)
+        hlo = fn.lower(params, x).compile().as_text()
+        assert ("convolution(" in hlo) == (label == "flax"), label
+    assert jax.tree.structure(results["ours"]) == jax.tree.structure(results["flax"])
+    for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    (3, 2, ((1, 1), (1, 1))),  # the ResNet stem's torch padding
+    (3, 2, "SAME"),            # TF/Haiku padding
+    (2, 2, "VALID"),           # VGG
+    (3, 2, "VALID"),           # AlexNet
+])
+def test_max_pool_matches_torch_values_and_gradients(window, strides, padding):
+    """pooling.max_pool (slices on CPU) against torch's max_pool2d: same values, and the same
+    input gradient where no window has a tie (continuous random input)."""
+    from ssl_jax.models.pooling import max_pool
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 10, 10, 4)).astype(np.float32)
+    cotangent = rng.normal(size=np.asarray(nn.max_pool(
+        jnp.asarray(x), (window, window), (strides, strides), padding=padding)).shape)
+    ours, grad = jax.value_and_grad(
+        lambda v: jnp.sum(max_pool(v, (window, window), (strides, strides), padding) * cotangent)
+    )(jnp.asarray(x))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    if padding == "SAME":  # TF SAME for 10 px, window 3, stride 2: pad (0, 1); torch pads -inf
+        pooled = F.max_pool2d(F.pad(xt, (0, 1, 0, 1), value=-np.inf), window, strides)
+    else:
+        pooled = F.max_pool2d(xt, window, strides, padding=padding[0][0] if padding != "VALID"
+                              else 0)
+    expected = (pooled * torch.from_numpy(cotangent).permute(0, 3, 1, 2)).sum()
+    expected.backward()
+    np.testing.assert_allclose(float(ours), expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), xt.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=1e-6, atol=1e-6)

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
-from ssl_jax.models.pooling import adaptive_avg_pool
+from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
 from ssl_jax.models.taps import tap
 
@@ -93,7 +93,7 @@ class AlexNet(nn.Module):
             idx += 1
             x = tap(self, f"conv{i + 1}", x)
             if pool:
-                x = nn.max_pool(x, (3, 3), (2, 2))
+                x = max_pool(x, (3, 3), (2, 2))
                 idx += 1
         x = adaptive_avg_pool(x, (6, 6))
         x = tap(self, "pool5", x)

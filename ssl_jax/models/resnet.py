@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
+from ssl_jax.models.pooling import max_pool
 from ssl_jax.models.taps import sow_in_block, tap
 
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -193,7 +194,7 @@ class ResNet(nn.Module):
                          dtype=self.dtype, name="bn1")(x)
         x = self.activation(x)
         if not self.cifar_stem:
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3, pool_padding))
+            x = max_pool(x, (3, 3), (2, 2), padding=_pad(3, pool_padding))
         x = tap(self, "stem", x)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
-from ssl_jax.models.pooling import adaptive_avg_pool
+from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
 from ssl_jax.models.taps import tap
 
@@ -85,7 +85,7 @@ class VGG(nn.Module):
                 idx += 1
                 x = tap(self, f"conv{k + 1}_{j + 1}", x)
             x = tap(self, f"conv{k + 1}", x)
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool(x, (2, 2), (2, 2))
             idx += 1
         x = adaptive_avg_pool(x, (7, 7))
         x = tap(self, "pool5", x)
