@@ -5,10 +5,13 @@
     .venv/bin/python benchmarks/simclr_throughput.py --sweep         # XLA CPU options (JAX only)
     .venv/bin/python benchmarks/simclr_throughput.py --xla-flags ""  # jaxlib's default flags
     .venv/bin/python benchmarks/simclr_throughput.py --gpu           # ResNet-50 bf16 on a GPU
+    .venv/bin/python benchmarks/simclr_throughput.py --grid --grid-width 0.25  # width x stem x batch
 
 Workload (CPU modes): SimCLR, ResNet-18 width 1 with the CIFAR stem (3x3 stride-1 conv, no
 max-pool), v1 projection head (Dense 512 -> ReLU -> Dense 128), NT-Xent mean over the 2N rows
-at T=0.5, LARS, batch 128 of 32 px images, two views each.
+at T=0.5, LARS, batch 128 of 32 px images, two views each. `--width` and `--stem strided`
+(torchvision's 7x7 stride-2 stem and max-pool) change the network on both sides; `--grid` runs
+the compare over width {0.25, 1} x stem x batch {128, 256} with torch in both of its layouts.
 
 Convention: **images/s counts source images**: one image = its 2 views (256 network passes per
 step of batch 128). Both sides use it.
@@ -84,6 +87,11 @@ SWEEP: list[tuple[str, str, dict]] = [
      f"{BEST_CPU_FLAGS} --xla_cpu_multi_thread_eigen=false", {}),
 ]
 
+# --grid: (width, stem, batch) points of ResNet-18 at 32 px. Width 0.25 with the strided stem
+# at batch 256 is the main job's network (configs/*.py:quickstart).
+GRID_POINTS = [(w, stem, b) for w in (0.25, 1.0) for stem in ("strided", "cifar")
+               for b in (128, 256)]
+
 NOAUG_OVERRIDES = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 
 
@@ -96,12 +104,19 @@ def load_average() -> float:
 # ---------------------------------------------------------------------------------------------
 
 def jax_config(model: str, batch: int, size: int, compute_dtype: str, width: float = 1.0,
-               stem: str = "cifar"):
-    """The simclr config the step is built from: cifar10 (R18) or imagenet (R50), at `width`
-    with the `stem` ("cifar": 3x3 stride 1, no max-pool; "strided": torchvision's 7x7 stride 2
-    and max-pool; ResNet-50 always has the strided one)."""
-    from configs import simclr as simclr_config
-    config = simclr_config.get_config("imagenet" if model == "resnet50" else "cifar10")
+               stem: str = "cifar", method: str = "simclr"):
+    """The config the step is built from: `method` (simclr or byol) at its cifar10 preset
+    (ResNet-18) or imagenet (ResNet-50), at `width` with the `stem` ("cifar": 3x3 stride 1, no
+    max-pool; "strided": torchvision's 7x7 stride 2 and max-pool; ResNet-50 always has the
+    strided one). BYOL below width 1 takes the quickstart's heads (512 hidden, 128 out: sized
+    to the width-0.25 ResNet-18, as the main job runs it) instead of the reference's 4096/256."""
+    import importlib
+    method_config = importlib.import_module(f"configs.{method}")
+    config = method_config.get_config("imagenet" if model == "resnet50" else "cifar10")
+    if method == "byol" and width < 1:
+        quick = method_config.get_config("quickstart").byol
+        config.byol.update(proj_hidden_dim=quick.proj_hidden_dim,
+                           pred_hidden_dim=quick.pred_hidden_dim, proj_dim=quick.proj_dim)
     config.batch_size = batch
     config.model.update(name=model, width=width,
                         cifar_stem=(model != "resnet50" and stem == "cifar"))
@@ -227,7 +242,7 @@ def run_jax(args) -> dict:
         raise RuntimeError(f"expected one CPU device, got {jax.devices()}; "
                            "unset --xla_force_host_platform_device_count")
     config = jax_config(args.model, args.batch, args.size, args.compute_dtype, args.width,
-                        args.stem)
+                        args.stem, args.method)
     variants = args.variants.split(",")
     compiled, batch, step_rng = compile_steps(config, args.batch, args.size, variants)
 
@@ -268,64 +283,136 @@ def run_jax(args) -> dict:
 # PyTorch worker
 # ---------------------------------------------------------------------------------------------
 
-def run_torch(args) -> dict:
-    """Times the identical torch model + NT-Xent + LARS step (no augmentation)."""
-    import numpy as np
+def _torch_lars_update(groups, momenta, wd, eta, mom):
+    """optax.lars order: decay, trust ratio on ndim > 1 leaves, momentum (trace), -lr; `groups`
+    is a list of (learning rate, parameters)."""
+    import torch
+
+    with torch.no_grad():
+        for (lr, params), bufs in zip(groups, momenta):
+            for p, buf in zip(params, bufs):
+                g = p.grad
+                if p.ndim > 1:
+                    g = g.add(p, alpha=wd)
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    g = g * ratio
+                buf.mul_(mom).add_(g)
+                p.sub_(buf, alpha=lr)
+
+
+def torch_step(args):
+    """The torch twin of the JAX step of `args.method`: (step(uint8 [B, 2, 3, H, W]) -> loss).
+
+    simclr: backbone + v1 head (hidden = feature width), NT-Xent over the 2B views (one
+    forward of both), LARS (lr 0.5, wd 1e-6, trust 1e-3). byol: online backbone + MLP
+    projector + MLP predictor (Linear-BN-ReLU-Linear; the quickstart's output BatchNorm on the
+    projector below width 1), a target copy of backbone + projector in train mode; each view
+    through each network separately, as the JAX method does; the symmetric 2 - 2cos loss, LARS
+    on the online parameters (the predictor at 10x below width 1, as the quickstart), then the
+    EMA update of the target."""
+    import copy
+
     import torch
     from torch import nn
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_reference import TorchBasicBlock, TorchResNet
 
-    threads = args.threads or os.cpu_count()
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    backbone = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], num_classes=None, width=args.width,
-                           cifar_stem=args.stem == "cifar")
-    features = backbone.inplanes  # the v1 head's hidden width is the backbone's, as in JAX
-    head = nn.Sequential(nn.Linear(features, features), nn.ReLU(), nn.Linear(features, 128))
-    params = list(backbone.parameters()) + list(head.parameters())
-    momenta = [torch.zeros_like(p) for p in params]
-    lr, wd, eta, mom, temperature = 0.5, 1e-6, 1e-3, 0.9, 0.5
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    backbone.to(memory_format=memory_format)
+    backbone = TorchResNet(TorchBasicBlock, [2, 2, 2, 2], num_classes=None, width=args.width,
+                           cifar_stem=args.stem == "cifar").to(memory_format=memory_format)
     backbone.train()
+    features = backbone.inplanes
+    wd, eta, mom = 1e-6 if args.method == "simclr" else 1e-5, 1e-3, 0.9
 
-    def nt_xent(z: torch.Tensor) -> torch.Tensor:
-        z = nn.functional.normalize(z.float(), dim=1)
-        n = z.shape[0] // 2
-        logits = z @ z.T / temperature
-        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), -1e9)
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-        return nn.functional.cross_entropy(logits, target)  # mean over the 2N rows
+    def views(images_uint8: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for v in (images_uint8[:, 0], images_uint8[:, 1]):
+            x = v.float().div_(255.0)
+            out.append(((x - mean) / std).contiguous(memory_format=memory_format))
+        return out
 
-    @torch.no_grad()
-    def lars_update():
-        # optax.lars order: decay, trust ratio on ndim > 1 leaves, momentum (trace), -lr.
-        for p, buf in zip(params, momenta):
-            g = p.grad
-            if p.ndim > 1:
-                g = g.add(p, alpha=wd)
-                w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                ratio = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
-                                    torch.ones_like(w_norm))
-                g = g * ratio
-            buf.mul_(mom).add_(g)
-            p.sub_(buf, alpha=lr)
+    if args.method == "simclr":
+        head = nn.Sequential(nn.Linear(features, features), nn.ReLU(), nn.Linear(features, 128))
+        params = list(backbone.parameters()) + list(head.parameters())
+        groups, temperature = [(0.5, params)], 0.5
+        momenta = [[torch.zeros_like(p) for p in params]]
+
+        def loss_fn(images_uint8):
+            h, _ = backbone(torch.cat(views(images_uint8)))  # both views, as the JAX method
+            z = nn.functional.normalize(head(h).float(), dim=1)
+            n = z.shape[0] // 2
+            logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool),
+                                                         -1e9)
+            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+            return nn.functional.cross_entropy(logits, target)  # mean over the 2N rows
+
+        def after_update():
+            pass
+    else:
+        small = args.width < 1
+        hidden, out = (512, 128) if small else (4096, 256)
+
+        def mlp(d_in, output_bn=False):
+            layers = [nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                      nn.Linear(hidden, out)]
+            return nn.Sequential(*layers, *([nn.BatchNorm1d(out, affine=False)] if output_bn
+                                            else []))
+
+        projector, predictor = mlp(features, output_bn=small), mlp(out)
+        target = copy.deepcopy(nn.ModuleList([backbone, projector]))
+        for p in target.parameters():
+            p.requires_grad_(False)
+        encoder = list(backbone.parameters()) + list(projector.parameters())
+        groups = [(1.0, encoder), (10.0 if small else 1.0, list(predictor.parameters()))]
+        momenta = [[torch.zeros_like(p) for p in g] for _, g in groups]
+        tau = 0.99
+
+        def regression(p, z):
+            return 2 - 2 * nn.functional.cosine_similarity(p, z, dim=1)
+
+        def loss_fn(images_uint8):
+            v1, v2 = views(images_uint8)
+            p1 = predictor(projector(backbone(v1)[0]))
+            p2 = predictor(projector(backbone(v2)[0]))
+            with torch.no_grad():
+                z1 = target[1](target[0](v1)[0])
+                z2 = target[1](target[0](v2)[0])
+            return (regression(p1, z2) + regression(p2, z1)).mean()
+
+        def after_update():
+            with torch.no_grad():
+                online = encoder
+                for t, o in zip(target.parameters(), online):
+                    t.mul_(tau).add_(o, alpha=1 - tau)
+
+    all_params = [p for _, g in groups for p in g]
 
     def step(images_uint8: torch.Tensor) -> float:
-        # images: uint8 [B, 2, 3, H, W] -> the two views concatenated, as the JAX method does.
-        x = torch.cat([images_uint8[:, 0], images_uint8[:, 1]]).float().div_(255.0)
-        x = ((x - mean) / std).contiguous(memory_format=memory_format)
-        for p in params:
+        for p in all_params:
             p.grad = None
-        h, _ = backbone(x)
-        loss = nt_xent(head(h))
+        loss = loss_fn(images_uint8)
         loss.backward()
-        lars_update()
+        _torch_lars_update(groups, momenta, wd, eta, mom)
+        after_update()
         return loss.item()
+
+    return step
+
+
+def run_torch(args) -> dict:
+    """Times the torch twin of the JAX step (no augmentation): `torch_step`."""
+    import numpy as np
+    import torch
+
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    step = torch_step(args)
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (args.batch, 2, 3, args.size, args.size),
@@ -361,7 +448,8 @@ def spawn(side: str, args, xla_flags: str = "", extra: list[str] | None = None) 
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
            "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--variants", args.variants, "--width", str(args.width), "--stem", args.stem]
+           "--variants", args.variants, "--width", str(args.width), "--stem", args.stem,
+           "--method", args.method]
     cmd += ["--channels-last"] if args.channels_last else []
     cmd += extra or []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -392,7 +480,8 @@ def compare(args) -> dict:
     ok = [x for x in runs if "error" not in x["jax"] and "error" not in x["torch"]]
     if not ok:
         raise RuntimeError("every repeat failed; see the errors above")
-    summary = {"repeats": len(ok), "batch": args.batch, "size": args.size, "width": args.width,
+    summary = {"method": args.method, "repeats": len(ok), "batch": args.batch, "size": args.size,
+               "width": args.width,
                "stem": args.stem, "channels_last": args.channels_last,
                "xla_flags": args.xla_flags, "torch_threads": ok[0]["torch"]["threads"]}
     # Wall-clock rate, and images per CPU-second of the process (all its threads): the latter
@@ -411,6 +500,49 @@ def compare(args) -> dict:
     summary["load_min_median_max"] = (min(loads), statistics.median(loads), max(loads))
     print(json.dumps(summary, indent=1))
     return {"summary": summary, "runs": runs}
+
+
+def grid(args) -> dict:
+    """The compare over GRID_POINTS (width x stem x batch): per repeat, the JAX step (noaug)
+    and torch in both layouts (NCHW and channels-last), interleaved in fresh processes. The
+    ratio is JAX over torch's faster layout (median img/s of each)."""
+    rows = []
+    points = [(m, *p) for m in args.grid_method for p in GRID_POINTS
+              if not args.grid_width or p[0] in args.grid_width]
+    for method, width, stem, batch in points:
+        point = argparse.Namespace(**{**vars(args), "width": width, "stem": stem,
+                                      "batch": batch, "variants": "noaug", "method": method})
+        runs = {"jax": [], "torch_nchw": [], "torch_channels_last": []}
+        for r in range(args.repeats):
+            runs["jax"].append(spawn("jax", point, args.xla_flags))
+            for layout in ("nchw", "channels_last"):
+                point.channels_last = layout == "channels_last"
+                runs[f"torch_{layout}"].append(spawn("torch", point))
+            print(f"{method} width {width} {stem} batch {batch} repeat {r}: "
+                  + "; ".join(f"{k} {_fmt(v[-1], 'noaug')}" for k, v in runs.items()),
+                  flush=True)
+        row = {"method": method, "width": width, "stem": stem, "batch": batch,
+               "repeats": args.repeats}
+        for k, v in runs.items():
+            ok = [x["noaug_img_s"] for x in v if "error" not in x]
+            row[f"{k}_img_s_median"] = statistics.median(ok) if ok else None
+        best = max(row["torch_nchw_img_s_median"] or 0, row["torch_channels_last_img_s_median"] or 0)
+        row["ratio_jax_over_best_torch"] = (row["jax_img_s_median"] / best
+                                            if best and row["jax_img_s_median"] else None)
+        loads = [x[k] for v in runs.values() for x in v if "error" not in x
+                 for k in ("load_start", "load_end")]
+        row["load_min_max"] = (min(loads), max(loads)) if loads else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("| method | width | stem | batch | JAX img/s | torch NCHW | torch channels-last "
+          "| JAX / best torch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['width']} | {r['stem']} | {r['batch']} | "
+              f"{r['jax_img_s_median']:.1f} | "
+              f"{r['torch_nchw_img_s_median']:.1f} | {r['torch_channels_last_img_s_median']:.1f} "
+              f"| {r['ratio_jax_over_best_torch']:.2f} |")
+    return {"grid": rows}
 
 
 def sweep(args) -> dict:
@@ -471,15 +603,24 @@ def main() -> None:
     p.add_argument("--variants", default="noaug,aug", help="JAX step variants: noaug,aug")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--model", default="resnet18", choices=("resnet18", "resnet50"))
+    p.add_argument("--method", default="simclr", choices=("simclr", "byol"),
+                   help="the step timed on both sides")
     p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
     p.add_argument("--stem", default="cifar", choices=("cifar", "strided"),
                    help="ResNet-18 stem: cifar (3x3 stride 1) or strided (7x7/2 + max-pool)")
+    p.add_argument("--grid", action="store_true",
+                   help="the compare over GRID_POINTS, torch in both layouts")
+    p.add_argument("--grid-width", type=float, action="append", default=[],
+                   help="with --grid: only these widths (repeatable)")
+    p.add_argument("--grid-method", action="append", default=[],
+                   help="with --grid: the methods (repeatable; default simclr and byol)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args()
     if args.warmup < 1:
         raise ValueError(f"--warmup={args.warmup} must be >= 1 (the first step is the compile "
                          "check)")
 
+    args.grid_method = args.grid_method or ["simclr", "byol"]
     if args.worker:
         print(json.dumps(run_jax(args) if args.worker == "jax" else run_torch(args)))
         return
@@ -494,7 +635,7 @@ def main() -> None:
               + ", ".join(f"{v} {result[v + '_img_s']:.1f} img/s"
                           for v in args.variants.split(",")))
     else:
-        result = sweep(args) if args.sweep else compare(args)
+        result = grid(args) if args.grid else sweep(args) if args.sweep else compare(args)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
