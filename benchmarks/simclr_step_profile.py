@@ -1,4 +1,5 @@
 """python benchmarks/simclr_step_profile.py [--steps 2] [--trace_dir /tmp/simclr_trace]
+    [--width 0.25 --stem strided --batch 256]   # the main job's network
 
 Where the CPU time of the SimCLR train step goes: the step of benchmarks/simclr_throughput.py
 (ResNet-18, CIFAR stem, 32 px, batch 128, `noaug`, the XLA flag of ssl_jax.xla_flags.configure_cpu) traced
@@ -50,14 +51,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--trace_dir", default="runs/simclr_trace")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
+    p.add_argument("--stem", default="cifar", choices=("cifar", "strided"))
+    p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
     import jax
 
     from ssl_jax import train
     from ssl_jax.data import augment
 
-    config = bench.jax_config("resnet18", 128, 32, "float32")
-    method, tx, schedule, batch, init = bench.jax_step_parts(config, 128, 32)
+    config = bench.jax_config("resnet18", args.batch, 32, "float32", args.width, args.stem)
+    method, tx, schedule, batch, init = bench.jax_step_parts(config, args.batch, 32)
     preset = augment.get_preset(config.augment.preset, **bench.NOAUG_OVERRIDES)
     state = init(jax.random.key(0))
     step = jax.jit(train.make_train_step(method, tx, preset, schedule), donate_argnums=0)

@@ -39,8 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # to the width-0.25 ResNet-18 (128 features).
         c.augment.update(overrides={"min_crop_scale": 0.5, "blur": False})
         c.byol.update(proj_hidden_dim=512, pred_hidden_dim=512, proj_dim=128)
-        # Batch 128 x 8 epochs = 624 steps, SimCLR's step count, in about the time 6 epochs at
-        # batch 256 took. No blur at 32 px (a 3-tap kernel only darkens the border).
+        # Batch 128 x 16 epochs = 1248 steps, twice SimCLR's step count: BYOL separates from
+        # random-init features more slowly than the contrastive methods (methods table at 624
+        # and 1248 steps, docs/METHODS.md: +5.35 and +15.93 linear). No blur at 32 px (a 3-tap
+        # kernel only darkens the border).
         # Two departures from the reference, both from SimSiam / DirectPred's analyses of
         # predictor-based methods, chosen on faintgrey32 (docs/METHODS.md, "The quickstart
         # setting"): a scale-free BatchNorm on the projector output (SimSiam's projector),
@@ -49,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # tracks the target within a few hundred steps. Without them kNN accuracy fell to ~25
         # in the first 40 steps and stayed there; with them it stays at ~33-36.
         c.batch_size = 128
-        c.num_epochs = 8
+        c.num_epochs = 16
         c.optimizer.update(name="lars", base_lr=1.0, weight_decay=1e-6, warmup_fraction=0.05)
         c.byol.projector_output_bn = True
         c.optimizer.lr_multipliers.predictor = 10.0

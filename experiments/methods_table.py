@@ -2,7 +2,9 @@
 
 Trains every method (default: SimCLR v1/v2, BYOL, MoCo v1/v2, InsDis, supervised) on the
 built-in data at its `quickstart` config, all for the same number of optimizer steps
-(`--steps`, default 624; 0 keeps each config's own budget), for each seed in `--seeds`, with the trainer's
+(`--steps`, default 1248, twice SimCLR's quickstart budget, where every method clears random init
+by >= 15 points, docs/METHODS.md; 0 keeps each config's own budget), for each seed in `--seeds`,
+with the trainer's
 periodic kNN evaluation switched on; then scores the frozen backbone features of every run and
 of a random-init network per seed, as initialised and with its BatchNorm statistics estimated
 on the train split (`frozen.recalibrate_batch_stats`), by weighted kNN and the linear probe on
@@ -39,9 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=DEFAULT_RUNS,
                    help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py)")
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    p.add_argument("--steps", type=int, default=624,
-                   help="optimizer steps for every run (default: 624, SimCLR's quickstart "
-                        "budget; 0: each config's own)")
+    p.add_argument("--steps", type=int, default=1248,
+                   help="optimizer steps for every run (default: 1248, twice SimCLR's "
+                        "quickstart budget; 0: each config's own)")
     p.add_argument("--knn_evals", type=int, default=8,
                    help="kNN evaluations during each run (the curves in knn_curves.png)")
     p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
