@@ -508,7 +508,8 @@ def grid(args) -> dict:
     ratio is JAX over torch's faster layout (median img/s of each)."""
     rows = []
     points = [(m, *p) for m in args.grid_method for p in GRID_POINTS
-              if not args.grid_width or p[0] in args.grid_width]
+              if (not args.grid_width or p[0] in args.grid_width)
+              and (not args.grid_batch or p[2] in args.grid_batch)]
     for method, width, stem, batch in points:
         point = argparse.Namespace(**{**vars(args), "width": width, "stem": stem,
                                       "batch": batch, "variants": "noaug", "method": method})
@@ -612,6 +613,8 @@ def main() -> None:
                    help="the compare over GRID_POINTS, torch in both layouts")
     p.add_argument("--grid-width", type=float, action="append", default=[],
                    help="with --grid: only these widths (repeatable)")
+    p.add_argument("--grid-batch", type=int, action="append", default=[],
+                   help="with --grid: only these batch sizes (repeatable)")
     p.add_argument("--grid-method", action="append", default=[],
                    help="with --grid: the methods (repeatable; default simclr and byol)")
     p.add_argument("--out", default="", help="also write the results as JSON here")
