@@ -28,11 +28,11 @@ A second CPU workaround, for convolutions with few output positions (the last st
 ResNet on 32 px images: 2x2 and 1x1 maps): XLA:CPU's Eigen and YNNPACK convolutions are slow
 there. A 3x3 convolution of [512, 2, 2, 64] took ~25 ms forward and backward, ~7x the 3.7 ms of
 the same product written as a matrix multiply over its input patches ("im2col"), while at 4x4
-maps and larger the library convolution is the faster one (benchmarks/small_conv.py). So when an
-output map has at most SMALL_MAP_POSITIONS positions, the convolution is computed as one dot of
-the [N * positions, kh * kw * C] patch matrix with the kernel reshaped to [kh * kw * C, F]. It
-is the same sum of products in another order: results agree to float32 rounding (tests/
-test_conv_cpu.py checks values and both gradients against lax.conv_general_dilated).
+maps and larger the library convolution is the faster one (docs/BENCHMARKS.md, "The main job's
+network"). So when an output map has at most SMALL_MAP_POSITIONS positions, the convolution is
+computed as one dot of the [N * positions, kh * kw * C] patch matrix with the kernel reshaped
+to [kh * kw * C, F]. It is the same sum of products in another order: results agree to float32
+rounding (tests/test_models.py checks values and both gradients against nn.Conv).
 """
 from typing import Any
 

@@ -47,12 +47,14 @@ def max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int, int],
     """nn.max_pool over NHWC input; on CPU, an elementwise max of the window's strided slices.
 
     Why: XLA:CPU turns the gradient of a max-pool (select-and-scatter) into a variadic
-    reduce-window that carries four int32 index arrays, then a scatter: ~38 ms of a 168 ms
-    SimCLR step for ResNet-18 width 0.25 at 32 px (benchmarks/small_conv.py). A max of
-    kh * kw shifted slices is the same forward value, and XLA fuses it and its gradient into
-    a few elementwise loops. The gradients differ only where two positions of one window tie:
-    lax.max splits the gradient evenly between them, the reduce-window gives it to one. Tied
-    windows are almost always zeros after a ReLU, whose gradient is zero either way.
+    reduce-window that carries four int32 index arrays, then a scatter: ~38 ms of ~216 ms of
+    traced op time in the SimCLR step of ResNet-18 width 0.25 at 32 px (docs/BENCHMARKS.md,
+    "The main job's network"). A max of shifted strided slices is the same forward value, and
+    XLA fuses it and its gradient into a few elementwise loops. The gradients differ only where
+    two positions of one window tie: lax.max splits the gradient evenly between them, the
+    reduce-window gives it to one. Ties are almost always zeros after a ReLU, whose gradient is
+    zero either way, or equal outputs of identical input patches, whose weight gradients are
+    the same however the split falls.
     """
     if jax.default_backend() != "cpu":
         return nn.max_pool(x, window, strides, padding=padding)
