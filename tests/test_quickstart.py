@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# ~2 min of CPU (two trainings and every evaluator in a subprocess): the longest default test,
+# so it runs with the slow ones (CI runs both sets).
+@pytest.mark.slow
 def test_quickstart_smoke_writes_a_report_per_run(tiny_data_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), "--outdir",
