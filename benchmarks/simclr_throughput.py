@@ -387,8 +387,7 @@ def torch_step(args):
 
         def after_update():
             with torch.no_grad():
-                online = encoder
-                for t, o in zip(target.parameters(), online):
+                for t, o in zip(target.parameters(), encoder):
                     t.mul_(tau).add_(o, alpha=1 - tau)
 
     all_params = [p for _, g in groups for p in g]
