@@ -102,38 +102,22 @@ def smoothed_at(workdir: str, step: int, smooth: int, key: str = "pretext_accura
     return float(values[steps <= step][-smooth:].mean())
 
 
-def probe_layers(method, variables, config, mesh, probe_grid: int, progress: bool = True
+def probe_layers(method, state, config, mesh, probe_grid: int, progress: bool = True
                  ) -> dict[str, dict[str, float]]:
-    """Per-layer linear probes (run_eval's default layers, global average pooling) of a
-    method's network with `variables` = (params, model_state) on the config's dataset."""
-    import run_eval
+    """Per-layer linear probes (the per_layer evaluator: default layers, global average
+    pooling) of a method's network at `state` on the config's dataset."""
+    import ml_collections
+
+    from ssl_jax import evaluators
     from ssl_jax.data import pipeline
-    from ssl_jax.evaluation.per_layer import per_layer_probe
-    from ssl_jax.similarity.activations import capture
 
-    params, model_state = variables
-    apply_variables = {"params": params, **model_state}
-    size = config.dataset.image_size
-    source = {"apply_fn": method.net.apply, "apply_variables": apply_variables}
-    layers = run_eval.resolve_layers("", run_eval.sown_layers(source, size))
     builder = pipeline.load_builder(config.dataset.name, config.dataset.data_dir)
-    out = []
-    for split in (config.dataset.train_split, config.dataset.eval_split):
-        ys = []
-
-        def images():
-            for b in pipeline.eval_iterator(builder, split, config.eval.batch_size, size,
-                                            crop_fraction=config.dataset.eval_crop_fraction):
-                ys.append(b["label"][b["valid"]])
-                yield b["image"][b["valid"]].astype(np.float32) / 255.0
-
-        acts = capture(method.net.apply, apply_variables, images(), layers=layers, mode="gap",
-                       progress=False)
-        out.append((acts, np.concatenate(ys)))
-    (trf, try_), (tef, tey) = out
-    res = per_layer_probe(trf, try_, tef, tey, config.dataset.num_classes, probe_grid,
-                          progress=progress)
-    return {name.split("/")[-1]: v for name, v in res.items()}
+    inputs = evaluators.EvalInputs.from_network(
+        evaluators.network_of_run(config, method, state, label=config.method),
+        evaluators.data_of_run(config, builder), mesh)
+    settings = ml_collections.ConfigDict(dict(layers="", pooling="gap", probe_grid=probe_grid,
+                                              progress=progress))
+    return evaluators.get_evaluator("per_layer").evaluate(inputs, settings)["layers"]
 
 
 def random_init_state(method, config, mesh):
@@ -218,13 +202,13 @@ def main():
     t0 = time.time()
     state0 = random_init_state(method, config, mesh)
     rows.append({"step": 0, "pretext_accuracy": None,
-                 "layers": probe_layers(method, (state0.params, state0.model_state), config,
+                 "layers": probe_layers(method, state0, config,
                                         mesh, args.probe_grid)})
     for step in picked:
         _, method, state = train.load_trained(workdir, mesh, step=step)
         rows.append({"step": step,
                      "pretext_accuracy": accs[ckpt_steps.index(step)],
-                     "layers": probe_layers(method, (state.params, state.model_state), config,
+                     "layers": probe_layers(method, state, config,
                                             mesh, args.probe_grid)})
         print(f"step {step}: pretext {rows[-1]['pretext_accuracy']:.3f}, best layer "
               f"{best_layer(rows[-1]['layers'])}", flush=True)

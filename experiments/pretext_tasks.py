@@ -57,10 +57,10 @@ def main():
                 continue
             t0 = time.time()
             config, method, state = train.load_trained(workdir, mesh)
-            trained = pp.probe_layers(method, (state.params, state.model_state), config, mesh,
+            trained = pp.probe_layers(method, state, config, mesh,
                                       args.probe_grid)
             s0 = pp.random_init_state(method, config, mesh)
-            random = pp.probe_layers(method, (s0.params, s0.model_state), config, mesh,
+            random = pp.probe_layers(method, s0, config, mesh,
                                      args.probe_grid)
             if task == "colorization":
                 colorization_preview(method, state, config,

@@ -496,17 +496,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         with_index=method.needs_index, copy_paste=paste)
     writer = metrics_lib.MetricWriter(workdir)
 
-    def evaluate(names: list[str], state: TrainState) -> dict[str, float]:
-        kw = dict(global_batch_size=config.eval.batch_size, image_size=size,
-                  crop_fraction=config.dataset.get("eval_crop_fraction", 1.0))
-        variables = (state.params, state.model_state)
-        features = evaluators.FrozenFeatures(
-            extract=lambda split: extract_features(method.features, variables,
-                                                   pipeline.eval_iterator(builder, split, **kw),
-                                                   mesh),
-            train_split=config.dataset.train_split, eval_split=config.dataset.eval_split,
-            num_classes=config.dataset.num_classes)
-        return evaluators.run(names, evals, features)
+    eval_data = evaluators.data_of_run(config, builder)
+
+    def evaluate(names: list[str], state: TrainState, step: int) -> dict[str, float]:
+        network = evaluators.network_of_run(config, method, state, label=f"step {step}")
+        inputs = evaluators.EvalInputs.from_network(network, eval_data, mesh)
+        return evaluators.scalars(evaluators.run(names, evals, inputs))
 
     # --- Loop ---
     final: dict[str, float] = {}
@@ -534,7 +529,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 final = host
             due = evaluators.due(evals, done, is_last)
             if due:
-                ev = evaluate(due, state)
+                ev = evaluate(due, state, done)
                 writer.write(done, ev)
                 final.update(ev)
                 bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))

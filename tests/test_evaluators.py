@@ -17,7 +17,7 @@ def _evals(**every):
 
 
 def test_unknown_evaluator_is_refused_by_name():
-    with pytest.raises(ValueError, match="unknown evaluator 'knnn'; valid: knn, linear_probe"):
+    with pytest.raises(ValueError, match="unknown evaluator 'knnn'; valid: knn, linear_probe, linear, per_layer"):
         evaluators.check_evals({"knnn": {}})
 
 
@@ -37,7 +37,7 @@ def test_evaluators_share_one_extraction_per_split():
         y = np.arange(40) % 4
         return (rng.normal(size=(40, 6)) + 4.0 * np.eye(6)[y]).astype(np.float32), y
 
-    features = evaluators.FrozenFeatures(extract, "train", "test", num_classes=4)
+    features = evaluators.EvalInputs(extract, "train", "test", num_classes=4)
     metrics = evaluators.run(["knn", "linear_probe"], _evals(), features)
     assert calls == ["train", "test"]
     assert set(metrics) == {"knn_top1", "linear_top1", "linear_mean_per_class", "linear_best_C"}

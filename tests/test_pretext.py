@@ -290,8 +290,8 @@ def test_pretext_config_errors():
 @pytest.mark.slow  # ~30 s on the loaded 2-core machine: a trainer run plus run_eval's loader
 def test_colorization_smoke_run_tags_checkpoints_and_per_layer_eval_sees_conv1_5(
         tiny_data_dir, tmp_path):
-    import run_eval
     from ssl_jax import checkpointing, sharding
+    from ssl_jax.evaluators import inputs
 
     config = _config("colorization")
     config.dataset.data_dir = tiny_data_dir
@@ -319,8 +319,8 @@ def test_colorization_smoke_run_tags_checkpoints_and_per_layer_eval_sees_conv1_5
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
         train.load_trained(workdir, step=3)
     # run_eval's per-layer evaluator finds AlexNet conv1..conv5 by default.
-    source = run_eval.load_source(workdir, 0, sharding.make_mesh())
-    layers = run_eval.resolve_layers("", run_eval.sown_layers(source, 64))
+    network = inputs.load_network(workdir, 0, sharding.make_mesh())
+    layers = inputs.resolve_layers("", inputs.sown_layers(network, 64))
     assert [n.split("/")[-1] for n in layers] == [f"conv{i}" for i in range(1, 6)]
     # The preview keeps the input's L (up to the clip into the sRGB gamut).
     img = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)

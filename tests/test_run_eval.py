@@ -86,18 +86,20 @@ def test_feature_cache_is_keyed_by_checkpoint_content(smoke_checkpoint, tmp_path
     from ssl_jax import checkpointing, train
     from ssl_jax.evaluation import feature_cache
 
+    from ssl_jax.evaluators import inputs
+
     mesh = sharding.make_mesh()
-    data = {"name": "shapes_textures/tiny", "data_dir": None}
+    data = inputs.EvalData("shapes_textures/tiny", None, None, "train", "test", 4, [])
     cache = str(tmp_path / "cache")
-    original = run_eval.load_source(smoke_checkpoint, 0, mesh)
-    key = run_eval.cache_key(original, data, "test", "features", "backbone")
+    original = inputs.load_network(smoke_checkpoint, 0, mesh)
+    key = inputs.cache_key(original, data, "test", "features", "backbone")
     feature_cache.save(cache, key, np.ones((3, 2), np.float32), np.arange(3))
 
     moved = tmp_path / "moved"
     shutil.copytree(smoke_checkpoint, moved)
-    same = run_eval.load_source(str(moved), 0, mesh)
-    assert feature_cache.load(cache, run_eval.cache_key(same, data, "test", "features",
-                                                        "backbone")) is not None
+    same = inputs.load_network(str(moved), 0, mesh)
+    assert feature_cache.load(cache, inputs.cache_key(same, data, "test", "features",
+                                                      "backbone")) is not None
 
     # "Retrain" the copy to the same step with other weights.
     _, _, state = train.load_trained(str(moved), mesh)
@@ -107,10 +109,10 @@ def test_feature_cache_is_keyed_by_checkpoint_content(smoke_checkpoint, tmp_path
     checkpointing.save(manager, 6, state.replace(
         params=jax.tree.map(lambda p: p * 1.01, state.params)), {"metrics": {}}, force=True)
     manager.close()
-    retrained = run_eval.load_source(str(moved), 0, mesh)
-    assert "step 6" in retrained["identity"] and "step 6" in original["identity"]
-    assert feature_cache.load(cache, run_eval.cache_key(retrained, data, "test", "features",
-                                                        "backbone")) is None
+    retrained = inputs.load_network(str(moved), 0, mesh)
+    assert "step 6" in retrained.identity and "step 6" in original.identity
+    assert feature_cache.load(cache, inputs.cache_key(retrained, data, "test", "features",
+                                                      "backbone")) is None
 
     with open(feature_cache.cache_path(cache, key), "wb") as f:
         f.write(b"not an npz")
@@ -120,11 +122,13 @@ def test_feature_cache_is_keyed_by_checkpoint_content(smoke_checkpoint, tmp_path
 
 
 def test_default_layers_are_the_stages_in_forward_order(smoke_checkpoint):
-    source = run_eval.load_source(smoke_checkpoint, 0, sharding.make_mesh())
-    names = run_eval.sown_layers(source, source["image_size"])
-    picked = [n.split("/")[-1] for n in run_eval.resolve_layers("", names)]
+    from ssl_jax.evaluators import inputs
+
+    network = inputs.load_network(smoke_checkpoint, 0, sharding.make_mesh())
+    names = inputs.sown_layers(network)
+    picked = [n.split("/")[-1] for n in inputs.resolve_layers("", names)]
     assert picked == ["stem", "layer1", "layer2", "layer3", "layer4", "pool"]
-    assert run_eval.resolve_layers("layer2+stem", names)[1].endswith("/stem")
+    assert inputs.resolve_layers("layer2+stem", names)[1].endswith("/stem")
 
 
 def test_run_eval_bad_values_name_valid_choices(smoke_checkpoint, tmp_path):

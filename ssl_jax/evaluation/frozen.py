@@ -24,12 +24,11 @@ def evaluate_features(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
 
     from ssl_jax import evaluators
 
-    splits = {"train": (train_x, train_y), "test": (test_x, test_y)}
-    features = evaluators.FrozenFeatures(splits.__getitem__, "train", "test", num_classes)
+    inputs = evaluators.EvalInputs.from_arrays((train_x, train_y), (test_x, test_y), num_classes)
     settings = ml_collections.ConfigDict({
         "knn": dict(k=knn_k, temperature=knn_temperature),
         "linear_probe": dict(probe_grid=probe_grid, calibrate=True)})
-    out = evaluators.run(["knn", "linear_probe"], settings, features, outdir)
+    out = evaluators.run(["knn", "linear_probe"], settings, inputs, outdir)
     if few_shot_episodes:
         fs = few_shot(test_x, test_y, ways=min(5, num_classes), shots=5, queries=15,
                       episodes=few_shot_episodes, seed=0)
@@ -42,15 +41,13 @@ def split_features(method, state, config, mesh, data_dir: str | None = None):
     """((train_x, train_y), (test_x, test_y)): `method`'s frozen features of a trained or
     random-init `state` on `config`'s train and eval splits (the eval transform: centre
     crop at `config.dataset.eval_crop_fraction`, no augmentation)."""
-    from ssl_jax import train
+    from ssl_jax import evaluators
     from ssl_jax.data import pipeline
     builder = pipeline.load_builder(config.dataset.name, data_dir or config.dataset.get("data_dir"))
-    kw = dict(global_batch_size=config.eval.batch_size, image_size=config.dataset.image_size,
-              crop_fraction=config.dataset.get("eval_crop_fraction", 1.0))
-    variables = (state.params, state.model_state)
-    return tuple(train.extract_features(method.features, variables,
-                                        pipeline.eval_iterator(builder, split, **kw), mesh)
-                 for split in (config.dataset.train_split, config.dataset.eval_split))
+    inputs = evaluators.EvalInputs.from_network(
+        evaluators.network_of_run(config, method, state, label=config.method),
+        evaluators.data_of_run(config, builder), mesh)
+    return inputs.train(), inputs.test()
 
 
 def random_init(config, mesh, seed: int, data_dir: str | None = None):

@@ -13,12 +13,12 @@ from ssl_jax.evaluation.calibration import reliability_diagram
 from ssl_jax.evaluation.linear_probe import linear_probe
 
 
-def evaluate(features, settings, outdir: str | None = None) -> dict[str, float]:
-    (train_x, train_y), (test_x, test_y) = features.train(), features.test()
+def evaluate(inputs, settings, outdir: str | None = None) -> dict[str, float]:
+    (train_x, train_y), (test_x, test_y) = inputs.train(), inputs.test()
     calibrate = bool(settings.get("calibrate", False))
     diagram = calibrate and outdir is not None
     probe = linear_probe(train_x, train_y, test_x, test_y, num_grid=settings.probe_grid,
-                         num_classes=features.num_classes, calibrate=calibrate,
+                         num_classes=inputs.num_classes, calibrate=calibrate,
                          return_logits=diagram)
     if diagram:
         reliability_diagram(softmax(probe["test_logits"]), test_y,
