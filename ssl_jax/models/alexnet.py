@@ -23,14 +23,13 @@ Named activations (``sow``): ``conv1`` ... ``conv5`` (post-ReLU, before any max-
 ``fc6``, ``fc7`` (post-ReLU, [N, fc_dim]).
 """
 import functools
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
+from ssl_jax.models.sequential import SequentialCNN, flatten_chw
 from ssl_jax.models.taps import tap
 
 # (out channels, kernel, stride, padding, max-pool after)
@@ -40,36 +39,9 @@ _CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
 LAYER_NAMES = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7"]
 
 
-class AlexNet(nn.Module):
-    """AlexNet on NHWC float input (at least 63 px so conv5's max-pool has an input).
-
-    Attributes:
-      batch_norm: the BN variant (``alexnet_bn``) instead of torchvision's.
-      num_classes: None returns fc7 features [N, fc_dim]; else logits from ``classifier_6``.
-      width: multiplies every conv width.
-      fc_dim: width of fc6/fc7 (4096 in torchvision; smaller for tests / small data).
-      dropout_rate: torchvision's dropout before fc6/fc7 (unused by the BN variant); in training
-        it needs ``rngs={"dropout": key}``.
-      dtype: computation dtype; params stay float32, the output is float32.
-      activation: the nonlinearity (``nn.relu``; swapped for guided backpropagation).
-    """
-    batch_norm: bool = False
-    num_classes: int | None = None
-    width: float = 1.0
-    fc_dim: int = 4096
-    dropout_rate: float = 0.5
-    dtype: Any = jnp.float32
-    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
-
-    def __post_init__(self) -> None:
-        if self.width <= 0:
-            raise ValueError(f"width={self.width!r} must be > 0")
-        super().__post_init__()
-
-    @property
-    def num_features(self) -> int:
-        """Width of the returned features (fc7): fc_dim."""
-        return self.fc_dim
+class AlexNet(SequentialCNN):
+    """AlexNet on NHWC float input (at least 63 px so conv5's max-pool has an input); fields
+    in ``SequentialCNN``; ``dropout_rate`` is dropout before fc6/fc7, unused by ``alexnet_bn``."""
 
     def _bn(self, train: bool, name: str) -> nn.BatchNorm:
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -97,7 +69,7 @@ class AlexNet(nn.Module):
                 idx += 1
         x = adaptive_avg_pool(x, (6, 6))
         x = tap(self, "pool5", x)
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's C,H,W flatten
+        x = flatten_chw(x)
 
         if self.batch_norm:
             for i, name in ((0, "fc6"), (3, "fc7")):

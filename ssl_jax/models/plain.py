@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.resnet import scaled_width
+from ssl_jax.models.sequential import check_width
 
 # (out channels before the width multiplier, stride)
 _CONVS = ((64, 1), (64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1))
@@ -39,8 +40,7 @@ class PlainCNN(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        if self.width <= 0:
-            raise ValueError(f"width={self.width!r} must be > 0")
+        check_width(self.width)
         super().__post_init__()
 
     @property

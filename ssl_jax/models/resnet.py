@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import max_pool
+from ssl_jax.models.sequential import check_width
 from ssl_jax.models.taps import sow_in_block, tap
 
 # torchvision's Conv2d init for ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -167,8 +168,7 @@ class ResNet(nn.Module):
     def __post_init__(self) -> None:
         if self.padding not in PADDINGS:
             raise ValueError(f"padding={self.padding!r}; valid choices: {PADDINGS}")
-        if self.width <= 0:
-            raise ValueError(f"width={self.width!r} must be > 0")
+        check_width(self.width)
         if self.width_per_group != 64 and not self.bottleneck:
             raise ValueError(f"width_per_group={self.width_per_group!r} needs a bottleneck "
                              "ResNet (resnet50/101/152); BasicBlock ResNets only take 64")

@@ -13,14 +13,13 @@ block K's last conv, before its max-pool, so AlexNet and VGG share the names ``c
 ``pool5`` ([N, 7, 7, C] after the adaptive pool), ``fc6``, ``fc7`` (post-ReLU).
 """
 import functools
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
+from ssl_jax.models.sequential import SequentialCNN, flatten_chw
 from ssl_jax.models.taps import tap
 
 # torchvision's VGG init: kaiming-normal fan_out convs, N(0, 0.01) linears, zero biases.
@@ -35,35 +34,9 @@ LAYER_NAMES = [n for k, (_, reps) in enumerate(_BLOCKS)
 LAYER_NAMES += ["pool5", "fc6", "fc7"]
 
 
-class VGG(nn.Module):
-    """VGG16 (optionally with BN) on NHWC float input (at least 32 px).
-
-    Attributes:
-      batch_norm: ``vgg16_bn`` instead of ``vgg16``.
-      num_classes: None returns fc7 features [N, fc_dim]; else logits from ``classifier_6``.
-      width: multiplies every conv width.
-      fc_dim: width of fc6/fc7 (4096 in torchvision).
-      dropout_rate: dropout after fc6/fc7; in training it needs ``rngs={"dropout": key}``.
-      dtype: computation dtype; params stay float32, the output is float32.
-      activation: the nonlinearity (``nn.relu``; swapped for guided backpropagation).
-    """
-    batch_norm: bool = False
-    num_classes: int | None = None
-    width: float = 1.0
-    fc_dim: int = 4096
-    dropout_rate: float = 0.5
-    dtype: Any = jnp.float32
-    activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
-
-    def __post_init__(self) -> None:
-        if self.width <= 0:
-            raise ValueError(f"width={self.width!r} must be > 0")
-        super().__post_init__()
-
-    @property
-    def num_features(self) -> int:
-        """Width of the returned features (fc7): fc_dim."""
-        return self.fc_dim
+class VGG(SequentialCNN):
+    """VGG16 (optionally with BN) on NHWC float input (at least 32 px); fields in
+    ``SequentialCNN``; ``dropout_rate`` is dropout after fc6/fc7."""
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -89,7 +62,7 @@ class VGG(nn.Module):
             idx += 1
         x = adaptive_avg_pool(x, (7, 7))
         x = tap(self, "pool5", x)
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's C,H,W flatten
+        x = flatten_chw(x)
 
         for i, name in ((0, "fc6"), (3, "fc7")):
             x = self.activation(nn.Dense(self.fc_dim, kernel_init=_dense_init, dtype=self.dtype,
