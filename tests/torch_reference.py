@@ -173,16 +173,22 @@ class TorchAlexNet(nn.Module):
             if isinstance(layer, nn.ReLU):
                 k += 1
                 acts[f"conv{k}"] = x
-        x = self.avgpool(x)
-        acts["pool5"] = x
-        x = torch.flatten(x, 1)
-        k = 5
-        for layer in self.classifier:
-            x = layer(x)
-            if isinstance(layer, nn.ReLU):
-                k += 1
-                acts[f"fc{k}"] = x
-        return x, acts
+        return _pool5_fc6_fc7(self, x, acts)
+
+
+def _pool5_fc6_fc7(model: nn.Module, x: torch.Tensor, acts: dict):
+    """AlexNet's and VGG's shared tail: adaptive pool (pool5), flatten, classifier with its
+    post-ReLU activations as fc6, fc7."""
+    x = model.avgpool(x)
+    acts["pool5"] = x
+    x = torch.flatten(x, 1)
+    k = 5
+    for layer in model.classifier:
+        x = layer(x)
+        if isinstance(layer, nn.ReLU):
+            k += 1
+            acts[f"fc{k}"] = x
+    return x, acts
 
 
 class TorchVGG16(nn.Module):
@@ -219,16 +225,7 @@ class TorchVGG16(nn.Module):
             elif isinstance(layer, nn.MaxPool2d):
                 acts[f"conv{block}"] = last
                 block, j = block + 1, 0
-        x = self.avgpool(x)
-        acts["pool5"] = x
-        x = torch.flatten(x, 1)
-        k = 5
-        for layer in self.classifier:
-            x = layer(x)
-            if isinstance(layer, nn.ReLU):
-                k += 1
-                acts[f"fc{k}"] = x
-        return x, acts
+        return _pool5_fc6_fc7(self, x, acts)
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
