@@ -23,7 +23,6 @@ bad command line is reported before JAX or TensorFlow are imported (in about a s
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import re
@@ -75,14 +74,6 @@ def run(main: Callable[..., Any], *args: Any) -> None:
         print(f"error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
         sys.exit(EXIT_CODE)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors (bad choice, missing or unknown argument) raise UserError:
-    one line naming the argument, not argparse's usage block."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------------------------------
