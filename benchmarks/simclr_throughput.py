@@ -318,8 +318,8 @@ def torch_step(args):
     import torch
     from torch import nn
 
-    # The tests' torch ResNet (tests/torch_reference.py), loaded from its file: tests/ is no
-    # package and not on sys.path.
+    # The tests' torch ResNet (tests/torch_reference.py), loaded from its file (tests/ is not
+    # an installed package).
     spec = importlib.util.spec_from_file_location(
         "torch_reference", os.path.join(ROOT, "tests", "torch_reference.py"))
     torch_reference = importlib.util.module_from_spec(spec)
