@@ -15,11 +15,10 @@ import dataclasses
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax.data import builtin  # noqa: E402
@@ -95,15 +94,18 @@ def example_grid(path: str, rows: int = 6, data_dir: str | None = None) -> None:
     print(f"wrote {path}")
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", "base64", "a builder config name", flag_values=FLAGS)
+flags.DEFINE_integer("num-train", 50_000, None, flag_values=FLAGS)
+flags.DEFINE_bool("all-splits", False, "build the config's test and cue_conflict splits too",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("workers", 0, "0 = builder default", flag_values=FLAGS)
+flags.DEFINE_string("grid", None, "only write the example grid", flag_values=FLAGS)
+
+
 def main() -> None:
-    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="base64", help="a builder config name")
-    parser.add_argument("--num-train", type=int, default=50_000)
-    parser.add_argument("--all-splits", action="store_true",
-                        help="build the config's test and cue_conflict splits too")
-    parser.add_argument("--workers", type=int, default=0, help="0 = builder default")
-    parser.add_argument("--grid", metavar="PNG", help="only write the example grid")
-    args = parser.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     if args.grid:
         example_grid(args.grid)
         return

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -167,16 +166,19 @@ def useful_flops(widths, sizes):
     return sum(2 * b * b * 2 * sum(widths) + 2 * l * l * b * b for b in sizes)
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("n", 10_000, None, flag_values=FLAGS)
+flags.DEFINE_integer("batch", 256, None, flag_values=FLAGS)
+flags.DEFINE_integer("spatial", 1, None, flag_values=FLAGS)
+flags.DEFINE_integer("baseline_batches", 4, None, flag_values=FLAGS)
+flags.DEFINE_integer("pool", 8, None, flag_values=FLAGS)
+flags.DEFINE_integer("reps", 5, None, flag_values=FLAGS)
+flags.DEFINE_string("out", "", None, flag_values=FLAGS)
+
+
 def main():
-    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--spatial", type=int, default=1)
-    parser.add_argument("--baseline_batches", type=int, default=4)
-    parser.add_argument("--pool", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     import torch
 
     widths = layer_widths(args.spatial)

@@ -38,12 +38,10 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -260,33 +258,40 @@ def markdown(report: dict) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out", "runs/gpu_suite", "output folder", flag_values=FLAGS)
+flags.DEFINE_bool("tiny", False, "tiny sizes: the whole suite on CPU in seconds",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("cpu", False, "allow a run without a GPU at the sizes given",
+                  flag_values=FLAGS)
+flags.DEFINE_string("sections", ",".join(SECTIONS), f"subset of {SECTIONS}", flag_values=FLAGS)
+flags.DEFINE_string("methods", ",".join(METHODS), "train steps to time", flag_values=FLAGS)
+flags.DEFINE_float("peak-tflops", None,
+                   "the device's peak FLOP/s for MFU, in TFLOP/s (default: PEAK_BF16_TFLOPS by "
+                   "device kind)", flag_values=FLAGS)
+flags.DEFINE_enum("compute-dtype", "bfloat16", ["bfloat16", "float32"], None, flag_values=FLAGS)
+flags.DEFINE_enum("variant", "aug", ["aug", "noaug"],
+                  "aug: the configs' device augmentation in the step, as in training",
+                  flag_values=FLAGS)
+flags.DEFINE_string("data-dir", None, "TFDS data_dir of --pipeline-dataset", flag_values=FLAGS)
+flags.DEFINE_float("probe-c", 1.0, "the probe's C (one fit)", flag_values=FLAGS)
+flags.DEFINE_float("probe-tol", 1e-5, None, flag_values=FLAGS)
+# Sizes: default None, then FULL's or (--tiny) TINY's value.
+SIZED = {"model": str, "width": float, "size": int, "batch": int, "steps": int,
+         "warmup": int, "repeats": int, "pipeline_dataset": str, "pipeline_batches": int,
+         "pipeline_warmup": int, "pipeline_threads": str, "cka_n": int, "cka_batch": int,
+         "cka_reps": int, "cka_gemm_size": int, "probe_n": int, "probe_dim": int,
+         "probe_classes": int, "probe_test": int, "probe_max_iter": int}
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+for _name, _kind in SIZED.items():
+    _DEFINE[_kind](_name.replace("_", "-"), None,
+                   f"default {FULL[_name]} ({TINY[_name]} with --tiny)", flag_values=FLAGS)
+
+
 def parse_args(argv: list[str] | None):
-    p = errors.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/gpu_suite", help="output folder")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes: the whole suite on CPU in "
-                   "seconds")
-    p.add_argument("--cpu", action="store_true", help="allow a run without a GPU at the "
-                   "sizes given")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {SECTIONS}")
-    p.add_argument("--methods", default=",".join(METHODS), help="train steps to time")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak FLOP/s "
-                   "for MFU, in TFLOP/s (default: PEAK_BF16_TFLOPS by device kind)")
-    p.add_argument("--compute-dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    p.add_argument("--variant", default="aug", choices=("aug", "noaug"),
-                   help="aug: the configs' device augmentation in the step, as in training")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir of --pipeline-dataset")
-    p.add_argument("--probe-c", type=float, default=1.0, help="the probe's C (one fit)")
-    p.add_argument("--probe-tol", type=float, default=1e-5)
-    sized = {"model": str, "width": float, "size": int, "batch": int, "steps": int,
-             "warmup": int, "repeats": int, "pipeline_dataset": str, "pipeline_batches": int,
-             "pipeline_warmup": int, "pipeline_threads": str, "cka_n": int, "cka_batch": int,
-             "cka_reps": int, "cka_gemm_size": int, "probe_n": int, "probe_dim": int,
-             "probe_classes": int, "probe_test": int, "probe_max_iter": int}
-    for name, kind in sized.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"default {FULL[name]} ({TINY[name]} with --tiny)")
-    args = p.parse_args(argv)
-    for name in sized:
+    args = errors.parse_script_flags(FLAGS, argv, doc=__doc__)
+    for name in SIZED:
         if getattr(args, name) is None:
             setattr(args, name, (TINY if args.tiny else FULL)[name])
     args.sections = [s for s in args.sections.split(",") if s]
@@ -297,7 +302,7 @@ def parse_args(argv: list[str] | None):
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:
         raise errors.UserError(f"--methods: unknown {bad or 'empty'}; valid: {', '.join(METHODS)}")
-    for name, kind in sized.items():
+    for name, kind in SIZED.items():
         if kind in (int, float) and not getattr(args, name) > 0:
             raise errors.UserError(f"--{name.replace('_', '-')}={getattr(args, name)} must be > 0")
     if args.cka_batch < 4 or args.cka_n < args.cka_batch:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -66,13 +65,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "model-vs-human-raw")
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("data", DEFAULT_DATA,
+                    "the model-vs-human raw-data folder (default: ../shared/data/"
+                    "model-vs-human-raw next to the repository)", flag_values=FLAGS)
+flags.DEFINE_string("out", "outputs/human_data_check", None, flag_values=FLAGS)
+
+
 def main() -> None:
-    ap = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=DEFAULT_DATA,
-                    help="the model-vs-human raw-data folder (default: ../shared/data/"
-                         "model-vs-human-raw next to the repository)")
-    ap.add_argument("--out", default="outputs/human_data_check")
-    args = ap.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     if not os.path.isdir(os.path.join(args.data, "cue-conflict")):
         raise errors.UserError(f"--data {args.data!r} is not the model-vs-human raw-data folder "
                                "(no cue-conflict/ in it); pass --data")

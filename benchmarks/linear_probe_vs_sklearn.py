@@ -12,13 +12,11 @@ times, the ratio and the accuracy difference.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -62,17 +60,20 @@ def sklearn_004(train_x, train_y, test_x, test_y, num_grid: int, max_iter: int) 
     return {"top1": 100.0 * clf.score(test_x, test_y), "best_C": best_c}
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("n", 50_000, "train+val examples", flag_values=FLAGS)
+flags.DEFINE_integer("n_test", 10_000, None, flag_values=FLAGS)
+flags.DEFINE_integer("dim", 512, None, flag_values=FLAGS)
+flags.DEFINE_integer("classes", 10, None, flag_values=FLAGS)
+flags.DEFINE_float("sep", 0.12, "class-mean scale (overlap)", flag_values=FLAGS)
+flags.DEFINE_integer("num_grid", 45, None, flag_values=FLAGS)
+flags.DEFINE_integer("sklearn_max_iter", 100, None, flag_values=FLAGS)
+flags.DEFINE_bool("skip_sklearn", False, None, flag_values=FLAGS)
+
+
 def main() -> None:
-    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50_000, help="train+val examples")
-    parser.add_argument("--n_test", type=int, default=10_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--sep", type=float, default=0.12, help="class-mean scale (overlap)")
-    parser.add_argument("--num_grid", type=int, default=45)
-    parser.add_argument("--sklearn_max_iter", type=int, default=100)
-    parser.add_argument("--skip_sklearn", action="store_true")
-    args = parser.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
 
     import jax
 

@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -145,33 +143,40 @@ TINY = dict(sizes="32,64", threads="1", batch=8, batches=3, warmup=1, repeats=2,
             step_steps=2, step_warmup=1, step_repeats=2)
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("dataset", None, "TFDS name (default shapes_textures/small32)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("data-dir", None, "TFDS data_dir (default: TFDS's)", flag_values=FLAGS)
+flags.DEFINE_string("split", "train", None, flag_values=FLAGS)
+flags.DEFINE_bool("no-cache", False, "do not cache the encoded records "
+                  "in memory (the trainer caches when config.dataset.cache is on)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("sizes", None, "image sizes in px (default 32,224)", flag_values=FLAGS)
+flags.DEFINE_string("threads", None, "thread counts, e.g. 1,2 or 1,all (default 1,all)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch", None, "images per batch (default 256)", flag_values=FLAGS)
+flags.DEFINE_string("preset", "simclr_imagenet", "augmentation preset (its views)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batches", None, "timed batches per run (20)", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", None, "untimed batches first (3)", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", None, "timed runs, median reported (3)", flag_values=FLAGS)
+flags.DEFINE_string("step-method", "simclr", "configs/ name of the step whose "
+                    "demand is shown ('' = none)", flag_values=FLAGS)
+flags.DEFINE_string("step-variant", "quickstart", None, flag_values=FLAGS)
+flags.DEFINE_multi_string("step-override", None,
+                          "config override for the step, repeatable (model.width=0.5)",
+                          flag_values=FLAGS)
+flags.DEFINE_integer("step-batch", None, "step batch (default 256)", flag_values=FLAGS)
+flags.DEFINE_integer("step-steps", None, "timed steps per run (4)", flag_values=FLAGS)
+flags.DEFINE_integer("step-warmup", None, "untimed steps (1)", flag_values=FLAGS)
+flags.DEFINE_integer("step-repeats", None, "timed runs (3)", flag_values=FLAGS)
+flags.DEFINE_bool("tiny", False, "tiny sizes: a check that it runs", flag_values=FLAGS)
+flags.DEFINE_string("out", "", "also write the rows as JSON here", flag_values=FLAGS)
+
+
 def main() -> None:
-    p = errors.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default=None, help="TFDS name (default shapes_textures/small32)")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--no-cache", action="store_true", help="do not cache the encoded records "
-                   "in memory (the trainer caches when config.dataset.cache is on)")
-    p.add_argument("--sizes", default=None, help="image sizes in px (default 32,224)")
-    p.add_argument("--threads", default=None, help="thread counts, e.g. 1,2 or 1,all "
-                   "(default 1,all)")
-    p.add_argument("--batch", type=int, default=None, help="images per batch (default 256)")
-    p.add_argument("--preset", default="simclr_imagenet", help="augmentation preset (its views)")
-    p.add_argument("--batches", type=int, default=None, help="timed batches per run (20)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed batches first (3)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs, median reported (3)")
-    p.add_argument("--step-method", default="simclr", help="configs/ name of the step whose "
-                   "demand is shown ('' = none)")
-    p.add_argument("--step-variant", default="quickstart")
-    p.add_argument("--step-override", action="append", default=None, metavar="KEY=VALUE",
-                   help="config override for the step, repeatable (model.width=0.5)")
-    p.add_argument("--step-batch", type=int, default=None, help="step batch (default 256)")
-    p.add_argument("--step-steps", type=int, default=None, help="timed steps per run (4)")
-    p.add_argument("--step-warmup", type=int, default=None, help="untimed steps (1)")
-    p.add_argument("--step-repeats", type=int, default=None, help="timed runs (3)")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes: a check that it runs")
-    p.add_argument("--out", default="", help="also write the rows as JSON here")
-    args = p.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     defaults = dict(sizes="32,224", threads="1,all", batch=256, batches=20, warmup=3, repeats=3,
                     dataset="shapes_textures/small32", step_override=[], step_batch=256,
                     step_steps=4, step_warmup=1, step_repeats=3)

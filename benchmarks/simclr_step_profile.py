@@ -14,12 +14,10 @@ import collections
 import glob
 import os
 import re
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -46,15 +44,18 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
     return kinds
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("steps", 2, None, flag_values=FLAGS)
+flags.DEFINE_string("trace_dir", "runs/simclr_trace", None, flag_values=FLAGS)
+flags.DEFINE_integer("top", 12, None, flag_values=FLAGS)
+flags.DEFINE_float("width", 1.0, "ResNet-18 width multiplier", flag_values=FLAGS)
+flags.DEFINE_enum("stem", "cifar", ["cifar", "strided"], None, flag_values=FLAGS)
+flags.DEFINE_integer("batch", 128, None, flag_values=FLAGS)
+
+
 def main() -> None:
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--trace_dir", default="runs/simclr_trace")
-    p.add_argument("--top", type=int, default=12)
-    p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
-    p.add_argument("--stem", default="cifar", choices=("cifar", "strided"))
-    p.add_argument("--batch", type=int, default=128)
-    args = p.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     import jax
 
     from ssl_jax import train

@@ -41,16 +41,17 @@ preset and optimizer, on the first GPU, in-process; prints the GPU's name.
 """
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 # The fastest setting of the sweep (docs/BENCHMARKS.md), the compare's default for the JAX side:
@@ -317,8 +318,13 @@ def torch_step(args):
     import torch
     from torch import nn
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from torch_reference import TorchBasicBlock, TorchResNet
+    # The tests' torch ResNet (tests/torch_reference.py), loaded from its file (tests/ is not
+    # an installed package).
+    spec = importlib.util.spec_from_file_location(
+        "torch_reference", os.path.join(ROOT, "tests", "torch_reference.py"))
+    torch_reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_reference)
+    TorchBasicBlock, TorchResNet = torch_reference.TorchBasicBlock, torch_reference.TorchResNet
 
     torch.manual_seed(0)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -510,8 +516,8 @@ def grid(args) -> dict:
               if (not args.grid_width or p[0] in args.grid_width)
               and (not args.grid_batch or p[2] in args.grid_batch)]
     for method, width, stem, batch in points:
-        point = argparse.Namespace(**{**vars(args), "width": width, "stem": stem,
-                                      "batch": batch, "variants": "noaug", "method": method})
+        point = types.SimpleNamespace(**{**vars(args), "width": width, "stem": stem,
+                                         "batch": batch, "variants": "noaug", "method": method})
         runs = {"jax": [], "torch_nchw": [], "torch_channels_last": []}
         for r in range(args.repeats):
             runs["jax"].append(spawn("jax", point, args.xla_flags))
@@ -585,39 +591,47 @@ def sweep(args) -> dict:
     return {"table": table, "runs": results}
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("worker", None, ["jax", "torch"],
+                  "internal: run one side in this process and print its JSON (spawn() sets it)",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("sweep", False, "time the XLA CPU settings in SWEEP", flag_values=FLAGS)
+flags.DEFINE_string("only", "", "comma-separated SWEEP names (with --sweep)", flag_values=FLAGS)
+flags.DEFINE_bool("gpu", False, "ResNet-50 bf16 batch 256 224 px on GPU", flag_values=FLAGS)
+flags.DEFINE_string("xla-flags", BEST_CPU_FLAGS,
+                    "XLA_FLAGS for the JAX side of the compare ('' = jaxlib's defaults)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch", 128, None, flag_values=FLAGS)
+flags.DEFINE_integer("size", 32, None, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 6, "timed steps per run", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 2, "untimed steps (>= 1) after compile", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 3, None, flag_values=FLAGS)
+flags.DEFINE_integer("threads", 0, "torch threads (0: all cores)", flag_values=FLAGS)
+flags.DEFINE_bool("channels-last", False, "torch channels_last layout", flag_values=FLAGS)
+flags.DEFINE_string("variants", "noaug,aug", "JAX step variants: noaug,aug", flag_values=FLAGS)
+flags.DEFINE_enum("compute-dtype", "float32", ["float32", "bfloat16"], None, flag_values=FLAGS)
+flags.DEFINE_enum("model", "resnet18", ["resnet18", "resnet50"], None, flag_values=FLAGS)
+flags.DEFINE_enum("method", "simclr", ["simclr", "byol"], "the step timed on both sides",
+                  flag_values=FLAGS)
+flags.DEFINE_float("width", 1.0, "ResNet-18 width multiplier", flag_values=FLAGS)
+flags.DEFINE_enum("stem", "cifar", ["cifar", "strided"],
+                  "ResNet-18 stem: cifar (3x3 stride 1) or strided (7x7/2 + max-pool)",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("grid", False, "the compare over GRID_POINTS, torch in both layouts",
+                  flag_values=FLAGS)
+flags.DEFINE_multi_float("grid-width", [], "with --grid: only these widths (repeatable)",
+                         flag_values=FLAGS)
+flags.DEFINE_multi_integer("grid-batch", [], "with --grid: only these batch sizes (repeatable)",
+                           flag_values=FLAGS)
+flags.DEFINE_multi_string("grid-method", [],
+                          "with --grid: the methods (repeatable; default simclr and byol)",
+                          flag_values=FLAGS)
+flags.DEFINE_string("out", "", "also write the results as JSON here", flag_values=FLAGS)
+
+
 def main() -> None:
-    p = errors.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-    p.add_argument("--sweep", action="store_true", help="time the XLA CPU settings in SWEEP")
-    p.add_argument("--only", default="", help="comma-separated SWEEP names (with --sweep)")
-    p.add_argument("--gpu", action="store_true", help="ResNet-50 bf16 batch 256 224 px on GPU")
-    p.add_argument("--xla-flags", default=BEST_CPU_FLAGS,
-                   help="XLA_FLAGS for the JAX side of the compare ('' = jaxlib's defaults)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=6, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps (>= 1) after compile")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--channels-last", action="store_true", help="torch channels_last layout")
-    p.add_argument("--variants", default="noaug,aug", help="JAX step variants: noaug,aug")
-    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--model", default="resnet18", choices=("resnet18", "resnet50"))
-    p.add_argument("--method", default="simclr", choices=("simclr", "byol"),
-                   help="the step timed on both sides")
-    p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
-    p.add_argument("--stem", default="cifar", choices=("cifar", "strided"),
-                   help="ResNet-18 stem: cifar (3x3 stride 1) or strided (7x7/2 + max-pool)")
-    p.add_argument("--grid", action="store_true",
-                   help="the compare over GRID_POINTS, torch in both layouts")
-    p.add_argument("--grid-width", type=float, action="append", default=[],
-                   help="with --grid: only these widths (repeatable)")
-    p.add_argument("--grid-batch", type=int, action="append", default=[],
-                   help="with --grid: only these batch sizes (repeatable)")
-    p.add_argument("--grid-method", action="append", default=[],
-                   help="with --grid: the methods (repeatable; default simclr and byol)")
-    p.add_argument("--out", default="", help="also write the results as JSON here")
-    args = p.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     if args.warmup < 1:
         raise ValueError(f"--warmup={args.warmup} must be >= 1 (the first step is the compile "
                          "check)")

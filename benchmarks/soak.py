@@ -11,7 +11,6 @@ Exit code 0 when every case passed; each failure is printed as one line.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import random
@@ -20,6 +19,10 @@ import signal
 import subprocess
 import sys
 import time
+
+from absl import flags
+
+from ssl_jax import errors  # one-line errors, exit code 2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP = ".orbax-checkpoint-tmp"
@@ -271,27 +274,29 @@ class Soak:
             subprocess.run(["umount", mount], capture_output=True)
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("kills", 20, None, flag_values=FLAGS)
+flags.DEFINE_integer("kills-per-run", 4, "kills of one workdir before it is finished and compared",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("corruptions", 5, None, flag_values=FLAGS)
+flags.DEFINE_integer("disk-full", 1, None, lower_bound=0, upper_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("disk-kib", 0, "tmpfs size; 0: sized from the reference run to fill mid-run",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("steps", 24, None, flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, None, flag_values=FLAGS)
+flags.DEFINE_string("data-dir", "", "TFDS data_dir with shapes_textures/tiny "
+                    "(built there when missing; default OUTDIR/tfds)", flag_values=FLAGS)
+flags.DEFINE_string("outdir", "runs/soak", None, flag_values=FLAGS)
+flags.DEFINE_string("cases", "disk-full,corruptions,kills", "comma-separated subset to run",
+                    flag_values=FLAGS)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kills", type=int, default=20)
-    p.add_argument("--kills-per-run", type=int, default=4,
-                   help="kills of one workdir before it is finished and compared")
-    p.add_argument("--corruptions", type=int, default=5)
-    p.add_argument("--disk-full", type=int, default=1, choices=(0, 1))
-    p.add_argument("--disk-kib", type=int, default=0,
-                   help="tmpfs size; 0: sized from the reference run to fill mid-run")
-    p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default="", help="TFDS data_dir with shapes_textures/tiny "
-                   "(built there when missing; default OUTDIR/tfds)")
-    p.add_argument("--outdir", default="runs/soak")
-    p.add_argument("--cases", default="disk-full,corruptions,kills",
-                   help="comma-separated subset to run")
-    args = p.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     args.outdir = os.path.abspath(args.outdir)
     args.data_dir = os.path.abspath(args.data_dir or os.path.join(args.outdir, "tfds"))
     os.makedirs(args.outdir, exist_ok=True)
-    sys.path.insert(0, ROOT)
     import tensorflow_datasets as tfds
     import ssl_jax.data.builtin  # noqa: F401
     tfds.builder("shapes_textures/tiny", data_dir=args.data_dir).download_and_prepare()
@@ -323,4 +328,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

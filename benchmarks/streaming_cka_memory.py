@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -46,14 +45,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("n", 200_000, None, flag_values=FLAGS)
+flags.DEFINE_integer("p", 2048, None, flag_values=FLAGS)
+flags.DEFINE_integer("chunk", 4096, None, flag_values=FLAGS)
+flags.DEFINE_integer("check_n", 20_000, None, flag_values=FLAGS)
+flags.DEFINE_string("out", "", None, flag_values=FLAGS)
+
+
 def main():
-    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=200_000)
-    parser.add_argument("--p", type=int, default=2048)
-    parser.add_argument("--chunk", type=int, default=4096)
-    parser.add_argument("--check_n", type=int, default=20_000)
-    parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    args = errors.parse_script_flags(FLAGS, doc=__doc__)
     load_before = os.getloadavg()
 
     t0 = time.perf_counter()

@@ -11,6 +11,8 @@ end). Errors are one line with exit code 2 (ssl_jax/errors.py; --debug shows the
 import os
 import time
 
+from absl import flags
+
 from ssl_jax import xla_flags
 
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -19,36 +21,42 @@ from checkpoints_convert.families import FAMILIES  # noqa: E402
 from ssl_jax import errors  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+PROG = "python -m checkpoints_convert"
+# This command's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_bool("list", False, "list the families and exit", flag_values=FLAGS)
+flags.DEFINE_enum("family", None, sorted(FAMILIES), "source checkpoint family",
+                  flag_values=FLAGS)
+flags.DEFINE_string("src", None, "source .pth file (or, with --to-torch, a converted dir)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory (or, with --to-torch, a .pth file)",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("padding", None, ["torch", "same", "simclr"],
+                  "override the family's ResNet padding mode", flag_values=FLAGS)
+flags.DEFINE_bool("verify", False,
+                  "run torch and Flax on random and natural images at 224 px and 197 px, "
+                  "print max |diff| per stage and output, and fail (writing nothing) "
+                  "beyond --tolerance", flag_values=FLAGS)
+flags.DEFINE_float("tolerance", None,
+                   "--verify's limit on max|diff| / max(1, max|torch|) (default 1e-3)",
+                   flag_values=FLAGS)
+flags.DEFINE_bool("to-torch", False,
+                  "export a converted directory to a torchvision-named state_dict",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("unsafe-unpickle", False,
+                  "load legacy files with torch.load(weights_only=False): this EXECUTES "
+                  "code stored in the file; only for files you trust", flag_values=FLAGS)
 
-    p = errors.ArgumentParser(prog="python -m checkpoints_convert", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--list", action="store_true", help="list the families and exit")
-    p.add_argument("--family", choices=sorted(FAMILIES), help="source checkpoint family")
-    p.add_argument("--src", help="source .pth file (or, with --to-torch, a converted dir)")
-    p.add_argument("--out", help="output directory (or, with --to-torch, a .pth file)")
-    p.add_argument("--padding", choices=("torch", "same", "simclr"),
-                   help="override the family's ResNet padding mode")
-    p.add_argument("--verify", action="store_true",
-                   help="run torch and Flax on random and natural images at 224 px and 197 px, "
-                        "print max |diff| per stage and output, and fail (writing nothing) "
-                        "beyond --tolerance")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="--verify's limit on max|diff| / max(1, max|torch|) (default 1e-3)")
-    p.add_argument("--to-torch", action="store_true",
-                   help="export a converted directory to a torchvision-named state_dict")
-    p.add_argument("--unsafe-unpickle", action="store_true",
-                   help="load legacy files with torch.load(weights_only=False): this EXECUTES "
-                        "code stored in the file; only for files you trust")
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = errors.parse_script_flags(FLAGS, argv, __doc__, prog=PROG)
 
     if args.list:
         for name, fam in FAMILIES.items():
             print(f"{name:22s} {fam.description}")
         return 0
     if not args.src or not args.out:
-        p.error("--src and --out are required (or --list)")
+        raise errors.UserError(f"--src and --out are required (or --list) (see {PROG} --help)")
     # Checked before the (slow) read and conversion: the output must be new, the source there.
     if os.path.lexists(args.out):
         raise errors.UserError(f"--out {args.out!r} already exists; choose a new path (nothing "
@@ -66,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {save_state_dict(sd, args.out)} ({len(sd)} keys)")
         return 0
     if not args.family:
-        p.error("--family is required to convert; --list shows the families")
+        raise errors.UserError("--family is required to convert; --list shows the families "
+                               f"(see {PROG} --help)")
     if not os.path.isfile(args.src):
         raise errors.UserError(f"--src {args.src!r} does not exist (a .pth / .pth.tar file)")
     if args.verify:

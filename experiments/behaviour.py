@@ -21,32 +21,37 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/behaviour", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("dataset", "shapes_textures/texture32", None, flag_values=FLAGS)
+flags.DEFINE_string("methods", "supervised,simclr,byol",
+                    "comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), "
+                    "e.g. byol:epochs=12", flag_values=FLAGS)
+flags.DEFINE_string("variant", "quickstart", "config variant (smoke for a check)",
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [],
+                          "KEY=VALUE applied to every training config, e.g. num_epochs=2",
+                          flag_values=FLAGS)
+flags.DEFINE_integer("eval_examples", 2000,
+                     "test / cue-conflict examples used for accuracy, robustness, shape bias",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("attention_examples", 256, None, flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/behaviour")
-    p.add_argument("--data_dir", default=None,
-                   help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--dataset", default="shapes_textures/texture32")
-    p.add_argument("--methods", default="supervised,simclr,byol",
-                   help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), "
-                        "e.g. byol:epochs=12")
-    p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
-    p.add_argument("--override", action="append", default=[],
-                   help="KEY=VALUE applied to every training config, e.g. num_epochs=2")
-    p.add_argument("--eval_examples", type=int, default=2000,
-                   help="test / cue-conflict examples used for accuracy, robustness, shape bias")
-    p.add_argument("--attention_examples", type=int, default=256)
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def write_report(outdir: str, dataset: str, results: dict, timings: dict) -> list[str]:

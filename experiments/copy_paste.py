@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax import xla_flags  # noqa: E402
@@ -30,21 +29,26 @@ import numpy as np  # noqa: E402
 CONDITIONS = {"none": None, "rbd": "rbd", "true_masks": "ground_truth"}
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/copy_paste", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("dataset", "shapes_textures/biased32", None, flag_values=FLAGS)
+flags.DEFINE_enum("method", "moco", ["moco", "insdis", "simclr", "byol"], None, flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0,1", None, flag_values=FLAGS)
+flags.DEFINE_string("conditions", ",".join(CONDITIONS),
+                    f"comma-separated subset of {tuple(CONDITIONS)}", flag_values=FLAGS)
+flags.DEFINE_float("epochs", 6.0, None, flag_values=FLAGS)
+flags.DEFINE_float("prob", 0.3, "copy-paste probability per view", flag_values=FLAGS)
+flags.DEFINE_integer("probe_grid", 9, "points of the linear-probe C grid", flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [],
+                          "KEY=VALUE applied to every training config, e.g. batch_size=128",
+                          flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/copy_paste")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--dataset", default="shapes_textures/biased32")
-    p.add_argument("--method", default="moco", choices=("moco", "insdis", "simclr", "byol"))
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--conditions", default=",".join(CONDITIONS),
-                   help=f"comma-separated subset of {tuple(CONDITIONS)}")
-    p.add_argument("--epochs", type=float, default=6.0)
-    p.add_argument("--prob", type=float, default=0.3, help="copy-paste probability per view")
-    p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
-    p.add_argument("--override", action="append", default=[],
-                   help="KEY=VALUE applied to every training config, e.g. batch_size=128")
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def run_config(args, condition: str, seed: int):

@@ -7,22 +7,23 @@ no TFDS build), one column per target.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
+import numpy as np
+from absl import flags
 
-from ssl_jax.data import builtin_textures  # noqa: E402
+from ssl_jax import errors  # one-line errors, exit code 2
+from ssl_jax.data import builtin_textures
+
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", "dense64", "a shapes_textures config with dense", flag_values=FLAGS)
+flags.DEFINE_integer("rows", 5, None, flag_values=FLAGS)
+flags.DEFINE_string("out", "docs/images/dense_targets.png", None, flag_values=FLAGS)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="dense64", help="a shapes_textures config with dense")
-    parser.add_argument("--rows", type=int, default=5)
-    parser.add_argument("--out", default="docs/images/dense_targets.png")
-    return parser.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def main():
@@ -78,4 +79,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

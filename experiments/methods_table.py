@@ -24,32 +24,38 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 DEFAULT_RUNS = "simclr,simclr:version=2,byol,moco,moco:version=1,insdis,supervised"
 RANDOM_BN = "random-init, BN stats from data"
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/methods_table", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("runs", DEFAULT_RUNS,
+                    "comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0,1", "comma-separated training seeds", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 1248, "optimizer steps for every run (default: 1248, twice SimCLR's "
+                     "quickstart budget; 0: each config's own)", flag_values=FLAGS)
+flags.DEFINE_integer("knn_evals", 8,
+                     "kNN evaluations during each run (the curves in knn_curves.png)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("probe_grid", 9, "points of the linear-probe C grid", flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [],
+                          "KEY=VALUE applied to every run's config, e.g. dataset.name=...",
+                          flag_values=FLAGS)
+
+
 def parse_args(argv=None):
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/methods_table")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--runs", default=DEFAULT_RUNS,
-                   help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    p.add_argument("--steps", type=int, default=1248,
-                   help="optimizer steps for every run (default: 1248, twice SimCLR's "
-                        "quickstart budget; 0: each config's own)")
-    p.add_argument("--knn_evals", type=int, default=8,
-                   help="kNN evaluations during each run (the curves in knn_curves.png)")
-    p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
-    p.add_argument("--override", action="append", default=[],
-                   help="KEY=VALUE applied to every run's config, e.g. dataset.name=...")
-    return p.parse_args(argv)
+    return errors.parse_script_flags(FLAGS, argv, doc=__doc__)
 
 
 def run_configs(args) -> dict[str, object]:

@@ -21,11 +21,10 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax import xla_flags  # noqa: E402
@@ -37,21 +36,27 @@ FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 SECTION = "pretext_progress"
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/pretext_progress", None, flag_values=FLAGS)
+flags.DEFINE_enum("task", "rotation", ["rotation", "jigsaw", "counting", "colorization"], None,
+                  flag_values=FLAGS)
+flags.DEFINE_string("model", "alexnet_bn", "alexnet_bn | resnet18 | resnet50", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("variant", "quickstart", "config variant (smoke for a check)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("checkpoint_every", 20, None, flag_values=FLAGS)
+flags.DEFINE_integer("smooth", 5, "logged steps averaged per checkpoint", flag_values=FLAGS)
+flags.DEFINE_integer("probe_grid", 9, "points of the linear-probe C grid", flag_values=FLAGS)
+flags.DEFINE_string("docs", "", "Markdown file whose section to replace", flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [],
+                          "KEY=VALUE applied to the training config, e.g. num_steps=200",
+                          flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/pretext_progress")
-    p.add_argument("--task", default="rotation",
-                   choices=("rotation", "jigsaw", "counting", "colorization"))
-    p.add_argument("--model", default="alexnet_bn", help="alexnet_bn | resnet18 | resnet50")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
-    p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
-    p.add_argument("--checkpoint_every", type=int, default=20)
-    p.add_argument("--smooth", type=int, default=5, help="logged steps averaged per checkpoint")
-    p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
-    p.add_argument("--docs", default="", help="Markdown file whose section to replace")
-    p.add_argument("--override", action="append", default=[],
-                   help="KEY=VALUE applied to the training config, e.g. num_steps=200")
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,28 +13,30 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pretext_progress as pp  # noqa: E402  (sets up sys.path, env and XLA flags)
+import pretext_progress as pp  # noqa: E402  (a sibling script: sets up env and XLA flags)
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 SECTION = "pretext_tasks"
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/pretext_tasks", None, flag_values=FLAGS)
+flags.DEFINE_string("tasks", "rotation,jigsaw,counting,colorization", None, flag_values=FLAGS)
+flags.DEFINE_string("models", "alexnet_bn,resnet18", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, None, flag_values=FLAGS)
+flags.DEFINE_string("variant", "quickstart", None, flag_values=FLAGS)
+flags.DEFINE_integer("smooth", 5, None, flag_values=FLAGS)
+flags.DEFINE_integer("probe_grid", 9, None, flag_values=FLAGS)
+flags.DEFINE_string("docs", "", None, flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [], None, flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/pretext_tasks")
-    p.add_argument("--tasks", default="rotation,jigsaw,counting,colorization")
-    p.add_argument("--models", default="alexnet_bn,resnet18")
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--variant", default="quickstart")
-    p.add_argument("--smooth", type=int, default=5)
-    p.add_argument("--probe_grid", type=int, default=9)
-    p.add_argument("--docs", default="")
-    p.add_argument("--override", action="append", default=[])
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def main():

@@ -14,35 +14,41 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/quickstart", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("variant", "quickstart", "config variant (smoke for a check)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("runs", "simclr,byol,moco,supervised",
+                    "comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), e.g. "
+                    "moco:version=1; the first self-supervised run's architecture is the "
+                    "random-init baseline's", flag_values=FLAGS)
+flags.DEFINE_integer("probe_grid", 9, "points of the linear-probe C grid", flag_values=FLAGS)
+flags.DEFINE_integer("few_shot_episodes", 600, None, flag_values=FLAGS)
+flags.DEFINE_integer("behaviour_examples", 1000,
+                     "test and cue-conflict examples for shape bias and robustness",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("attention_examples", 128, None, flag_values=FLAGS)
+flags.DEFINE_multi_string("override", [],
+                          "KEY=VALUE applied to both training configs, e.g. num_epochs=4",
+                          flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/quickstart")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--variant", default="quickstart", help="config variant (smoke for a check)")
-    p.add_argument("--runs", default="simclr,byol,moco,supervised",
-                   help="comma-separated CONFIG[:ARG=VALUE[;ARG=VALUE]] (configs/CONFIG.py), e.g. "
-                        "moco:version=1; the first self-supervised run's architecture is the "
-                        "random-init baseline's")
-    p.add_argument("--probe_grid", type=int, default=9, help="points of the linear-probe C grid")
-    p.add_argument("--few_shot_episodes", type=int, default=600)
-    p.add_argument("--behaviour_examples", type=int, default=1000,
-                   help="test and cue-conflict examples for shape bias and robustness")
-    p.add_argument("--attention_examples", type=int, default=128)
-    p.add_argument("--override", action="append", default=[],
-                   help="KEY=VALUE applied to both training configs, e.g. num_epochs=4")
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def build_configs(args) -> dict:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
@@ -23,14 +22,17 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/saliency_quality", None, flag_values=FLAGS)
+flags.DEFINE_string("configs", "biased32,biased64", "comma-separated shapes_textures configs",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num", 512, "test examples per config", flag_values=FLAGS)
+flags.DEFINE_integer("superpixel_size", 16, "pixels per SLIC superpixel", flag_values=FLAGS)
+
+
 def parse_args():
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/saliency_quality")
-    p.add_argument("--configs", default="biased32,biased64",
-                   help="comma-separated shapes_textures configs")
-    p.add_argument("--num", type=int, default=512, help="test examples per config")
-    p.add_argument("--superpixel_size", type=int, default=16, help="pixels per SLIC superpixel")
-    return p.parse_args()
+    return errors.parse_script_flags(FLAGS, doc=__doc__)
 
 
 def test_examples(config_name: str, num: int) -> dict[str, np.ndarray]:

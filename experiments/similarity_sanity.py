@@ -11,17 +11,17 @@ Re-running skips networks whose training finished (OUTDIR/seed_K/final_metrics.j
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import platform
 import sys
 import time
+import types
 from typing import Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 
 from ssl_jax import xla_flags  # noqa: E402
@@ -42,29 +42,38 @@ def published(name: str) -> float:
     return PUBLISHED.get(family, float("nan"))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = errors.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", default="runs/similarity_sanity")
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--dataset", default="shapes_textures/small32")
-    p.add_argument("--seeds", type=int, default=5, help="number of networks (seeds 0..K-1), >= 2")
-    p.add_argument("--epochs", type=float, default=3.0, help="training epochs per network")
-    p.add_argument("--width", type=float, default=0.25, help="Plain-10 width (1.0: 64-128-256)")
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--examples", type=int, default=500,
-                   help="test images for similarity (RBF CKA costs O(n^2) per layer pair)")
-    p.add_argument("--activations", default="gap", choices=("gap", "flatten"),
-                   help="conv layers -> [n, C] (gap) or [n, H*W*C] (flatten; CCA needs n > H*W*C)")
-    p.add_argument("--rbf_thresholds", default="0.5",
-                   help="comma-separated RBF CKA bandwidths (x median distance)")
-    p.add_argument("--svcca_keep", type=float, default=0.99)
-    args = p.parse_args(argv)
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("outdir", "runs/similarity_sanity", None, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("dataset", "shapes_textures/small32", None, flag_values=FLAGS)
+flags.DEFINE_integer("seeds", 5, "number of networks (seeds 0..K-1), >= 2", flag_values=FLAGS)
+flags.DEFINE_float("epochs", 3.0, "training epochs per network", flag_values=FLAGS)
+flags.DEFINE_float("width", 0.25, "Plain-10 width (1.0: 64-128-256)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, None, flag_values=FLAGS)
+flags.DEFINE_integer("examples", 500,
+                     "test images for similarity (RBF CKA costs O(n^2) per layer pair)",
+                     flag_values=FLAGS)
+flags.DEFINE_enum("activations", "gap", ["gap", "flatten"],
+                  "conv layers -> [n, C] (gap) or [n, H*W*C] (flatten; CCA needs n > H*W*C)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("rbf_thresholds", "0.5",
+                    "comma-separated RBF CKA bandwidths (x median distance)", flag_values=FLAGS)
+flags.DEFINE_float("svcca_keep", 0.99, None, flag_values=FLAGS)
+
+
+def parse_args(argv=None) -> types.SimpleNamespace:
+    args = errors.parse_script_flags(FLAGS, argv, doc=__doc__)
     if args.seeds < 2:
-        p.error(f"--seeds must be >= 2 (pairs of different networks), got {args.seeds}")
+        raise errors.UserError(f"--seeds must be >= 2 (pairs of different networks), got "
+                               f"{args.seeds} (see similarity_sanity.py --help)")
     if args.examples < 4:
-        p.error(f"--examples must be >= 4, got {args.examples}")
+        raise errors.UserError(f"--examples must be >= 4, got {args.examples}"
+                               " (see similarity_sanity.py --help)")
     if args.epochs <= 0:
-        p.error(f"--epochs must be > 0, got {args.epochs}")
+        raise errors.UserError(f"--epochs must be > 0, got {args.epochs}"
+                               " (see similarity_sanity.py --help)")
     return args
 
 

@@ -13,19 +13,22 @@ bad argument or a missing file; `UserError` is a ValueError, so callers and test
 ValueError see both. Raise `UserError` for a failure that is not a bad argument (a diverged
 run, no readable checkpoint). Every other exception type counts as a bug.
 
-Entry points: `errors.run(main)` instead of calling `main()`; argparse scripts build their
-parser with `errors.ArgumentParser` (a usage error is one line too); absl entry points parse
-their flags with `errors.parse_flags`. Everything here imports only the standard library, so
-a bad command line is reported before JAX or TensorFlow are imported (in about a second).
+Entry points: `errors.run(main)` instead of calling `main()`. Every entry point takes absl
+flags: run_train.py and run_eval.py parse absl's global FLAGS (with their ml_collections config
+flag) with `errors.parse_flags`; each script of experiments/ and benchmarks/ defines its flags on
+its own `absl.flags.FlagValues()` (tests import several scripts into one process) and parses
+them with `errors.parse_script_flags`. A usage error is one line too. Everything here imports
+only the standard library (absl, itself stdlib-only, is imported when flags are parsed), so a
+bad command line is reported before JAX or TensorFlow are imported (in about a second).
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import re
 import sys
 import traceback
+import types
 from typing import Any, Callable
 
 EXIT_CODE = 2
@@ -73,12 +76,42 @@ def run(main: Callable[..., Any], *args: Any) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors (bad choice, missing or unknown argument) raise UserError:
-    one line naming the argument, not argparse's usage block."""
+# ---------------------------------------------------------------------------------------------
+# absl flags of the scripts in experiments/ and benchmarks/
+# ---------------------------------------------------------------------------------------------
 
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
+HELP_FLAGS = ("--help", "-h", "-help")
+
+
+def parse_script_flags(flag_values, argv: list[str] | None = None, doc: str | None = None,
+                       prog: str | None = None) -> types.SimpleNamespace:
+    """Parse `argv` (the arguments after the program name; default sys.argv[1:]) into a
+    script's own `absl.flags.FlagValues` and return the values as a namespace: `args.outdir`,
+    a hyphenated flag `--data-dir` as `args.data_dir`. Each call starts from the defaults (a
+    test may parse several command lines in one process). `--help` / `-h` prints `doc` and the
+    flags' help and exits 0; a bad value, an unknown flag or a positional argument (the scripts
+    take flags only) raises UserError: one line naming the flag, then `(see PROG --help)`."""
+    from absl import flags
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or os.path.basename(sys.argv[0]) or "the script"
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    if any(a in HELP_FLAGS for a in options):
+        print((doc or "").strip(), "", flag_values.get_help(include_special_flags=False),
+              sep="\n")
+        sys.exit(0)
+    flag_values.unparse_flags()  # back to the defaults
+    try:
+        rest = flag_values([prog] + argv)[1:]
+    except flags.Error as e:
+        raise UserError(f"{one_line(e) or type(e).__name__} (see {prog} --help)") from None
+    if rest:
+        raise UserError(f"unexpected argument {rest[0]!r}: {prog} takes flags only, "
+                        f"--name=value (see {prog} --help)")
+    return types.SimpleNamespace(**{
+        name.replace("-", "_"): (list(flag.value) if isinstance(flag.value, list)
+                                 else flag.value)
+        for name, flag in ((n, flag_values[n]) for n in flag_values) if name == flag.name})
 
 
 # ---------------------------------------------------------------------------------------------

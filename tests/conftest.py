@@ -7,6 +7,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Scripts the tests run as subprocesses (`python experiments/quickstart.py`, ...) import this
+# checkout's ssl_jax, configs and run_eval, installed (`pip install -r requirements.txt` installs
+# it editable) or not; pytest.ini's `pythonpath` does the same for this process.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from ssl_jax import xla_flags  # noqa: E402
 

@@ -83,7 +83,7 @@ CASES = [
     ("convert-existing-out", CONVERT + ["--family", "moco", "--src", "{random}", "--out",
                                         "{old}"], ["{old}", "already exists"]),
     ("convert-bad-family", CONVERT + ["--family", "mocov9", "--src", "{random}", "--out",
-                                      "{new}"], ["'mocov9'", "moco"]),
+                                      "{new}"], ["--family=mocov9", "moco"]),
     ("convert-no-family", CONVERT + ["--src", "{random}", "--out", "{new}"], ["--family"]),
     ("convert-random-bytes", CONVERT + ["--family", "moco", "--src", "{random}", "--out",
                                         "{new}"], ["{random}", "not a PyTorch checkpoint"]),

@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 
+import gpu_suite  # benchmarks/gpu_suite.py (pytest.ini puts benchmarks/ on the path)
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import gpu_suite  # noqa: E402
 
 
 def _positive(value) -> bool:
