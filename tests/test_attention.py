@@ -120,7 +120,7 @@ def test_with_activation_reaches_a_wrapped_backbone():
 def test_vanilla_saliency_through_a_linear_head_on_features():
     # features = x flattened; logits = features @ w: the saliency is |w column| reshaped.
     w = jax.random.normal(jax.random.PRNGKey(0), (4 * 4 * 2, 3))
-    head = A.LinearHead(w, jnp.zeros(3))
+    head = A.FittedLinearReadout(w, jnp.zeros(3))
     feats = lambda variables, x, train: x.reshape(x.shape[0], -1)  # noqa: E731
     x = jnp.ones((1, 4, 4, 2))
     sal = A.vanilla_saliency(feats, {}, x, jnp.array([1]), head)
@@ -265,8 +265,8 @@ def test_networks_of_one_architecture_share_one_compiled_attention_program(tmp_p
     for seed in (3, 4):
         variables = model.init(jax.random.PRNGKey(seed), x, train=False)
         out_dim = variables["params"]["fc"]["kernel"].shape[1]
-        head = A.LinearHead(jax.random.normal(jax.random.PRNGKey(seed + 10), (out_dim, 2)),
-                            jnp.zeros(2))
+        head = A.FittedLinearReadout(
+            jax.random.normal(jax.random.PRNGKey(seed + 10), (out_dim, 2)), jnp.zeros(2))
         record = evaluate_attention(model, variables, batches, str(tmp_path / str(seed)),
                                     head=head, num_overlays=1)
         cam = jax.jit(lambda v, xi: A.grad_cam(model, v, xi, "feat", jnp.array([0, 1]),

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssl_jax.data import colour
 
@@ -127,12 +128,17 @@ def solarize(img: Array, threshold: float = 0.5) -> Array:
     return jnp.where(img < threshold, img, 1.0 - img)
 
 
-def gaussian_kernel1d(sigma: Array, kernel_size: int) -> Array:
-    """Normalised Gaussian taps [2 * (kernel_size // 2) + 1] for a (traced) scalar sigma."""
-    radius = kernel_size // 2
-    x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    taps = jnp.exp(-0.5 * jnp.square(x / sigma))
-    return taps / jnp.sum(taps)
+def gaussian_kernel1d(sigma: Any, radius: int, xp: Any = jnp, dtype: Any = np.float32) -> Any:
+    """Normalised Gaussian taps [2 * radius + 1] at x = -radius..radius, in `dtype`, for a
+    scalar sigma: traced (xp=jnp, this module's blur) or static (xp=np: the tf.data mask blur
+    of copy_paste.py, the scipy-matching filter of evaluation/distortions.py). The one
+    definition of the kernel in the package; each caller keeps its own radius rule.
+
+    exp(-0.5 (x / sigma)^2) is torchvision's arithmetic (the same float32 taps); in float64 it
+    differs from scipy.ndimage's taps by < 3e-15 relative, nothing once cast to float32."""
+    x = xp.arange(-radius, radius + 1, dtype=dtype)
+    taps = xp.exp(-0.5 * xp.square(x / sigma))
+    return taps / xp.sum(taps)
 
 
 def blur_with_sigma(img: Array, sigma: Array, kernel_size: int,
@@ -147,7 +153,7 @@ def blur_with_sigma(img: Array, sigma: Array, kernel_size: int,
     radius = kernel_size // 2
     if radius == 0:
         return img
-    taps = gaussian_kernel1d(sigma, kernel_size)
+    taps = gaussian_kernel1d(sigma, radius)
     height, width = img.shape[-3], img.shape[-2]
     if radius >= min(height, width) and padding == "reflect":
         raise ValueError(

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from ssl_jax.data import builtin_textures
+from ssl_jax.data import augment, builtin_textures
 
 MASK_SOURCES = ("ground_truth", "rbd", "file")
 BACKGROUNDS = ("grey", "texture", "image")
@@ -133,9 +133,9 @@ def gaussian_blur_mask(mask: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of [H, W, 1] with sigma in pixels, radius ceil(3 sigma),
     symmetric padding (a mask touching the border stays 1 there)."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-x ** 2 / (2 * sigma ** 2))
-    k = tf.constant(k / k.sum())
+    # The blur runs in TensorFlow (inside tf.data); its taps, of a static sigma, are the shared
+    # kernel computed with numpy when the graph is built.
+    k = tf.constant(augment.gaussian_kernel1d(sigma, radius, xp=np))
     out = tf.pad(mask[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "SYMMETRIC")
     out = tf.nn.conv2d(out, tf.reshape(k, [-1, 1, 1, 1]), 1, "VALID")
     out = tf.nn.conv2d(out, tf.reshape(k, [1, -1, 1, 1]), 1, "VALID")

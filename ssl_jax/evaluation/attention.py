@@ -68,8 +68,9 @@ def _target_score(logits: jax.Array, target: jax.Array) -> jax.Array:
 
 
 @flax.struct.dataclass
-class LinearHead:
-    """logits = features @ w + b (w: [D, K], b: [K], e.g. fit_logistic_regression's params);
+class FittedLinearReadout:
+    """A linear readout fitted outside the network (not a Flax module; no parameters to
+    train): logits = features @ w + b (w: [D, K], b: [K], e.g. fit_logistic_regression's);
     ``output_index`` picks the features from a tuple output (method nets return (h, z)).
     A pytree, so jitted map functions take it as an argument: networks whose heads differ
     only in their weights share one compiled program."""

@@ -2,7 +2,7 @@
 
     w, b = fit_linear_head(train_features, train_labels, num_classes)   # frozen features
     record = evaluate_attention(net, variables, batches, outdir,
-                                head=attention.LinearHead(w, b, 0), output_index=0)
+                                head=attention.FittedLinearReadout(w, b, 0), output_index=0)
 
 Maps per example (ssl_jax.evaluation.attention): Grad-CAM and Guided Grad-CAM (channel
 max |.|) at ``layer`` (default: the last tapped conv layer), 003's vanilla saliency and 004's
@@ -80,7 +80,8 @@ def attention_maps(model: Any, variables: Mapping, head: A.Head, x: jax.Array,
 
     One module-level jit, so every network with the same architecture (the main job's
     random-init and SimCLR nets, checkpoints of one run) reuses one compiled program: the
-    variables and ``head`` (None or a pytree such as attention.LinearHead) are arguments."""
+    variables and ``head`` (None or a pytree such as attention.FittedLinearReadout) are
+    arguments."""
     def features(v, xi):
         out = A.as_apply_fn(model)(v, xi, train=False)
         return out if output_index is None else out[output_index]
@@ -158,7 +159,7 @@ def evaluate_attention(model: Any, variables: Mapping, batches: Iterable[Mapping
 
     model: Linen module (or apply function) taking images in [0, 1]; ``head`` maps its output
     to logits: None (the output is the logits) or a pytree callable such as
-    attention.LinearHead, since it is an argument of the jitted ``attention_maps``.
+    attention.FittedLinearReadout, since it is an argument of the jitted ``attention_maps``.
     ``output_index`` selects the features when the output is a tuple (which is also what
     occlusion compares). patch / stride default to H // 4 and H // 8 (004 gives no
     values). Writes OUTDIR/attention.json, attention.png, attention.md; returns the record.

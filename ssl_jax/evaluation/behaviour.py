@@ -124,7 +124,7 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     from ssl_jax.evaluation.stimuli import STIMULUS_KINDS
 
     w, b = R.fit_linear_head(train_features, train_labels, num_classes)
-    head = A.LinearHead(w, b, 0)
+    head = A.FittedLinearReadout(w, b, 0)
     variables = {"params": state.params, **state.model_state}
 
     def predict(x):

@@ -73,10 +73,10 @@ class Method(base.Method):
         # Configs saved before `predictor` existed had one.
         predictor = (heads.MLPHead(hidden_dim=cfg.pred_hidden_dim, out_dim=cfg.proj_dim)
                      if cfg.get("predictor", True) else None)
-        self.net = BYOLNet(
-            build_backbone(config),
-            heads.MLPHead(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim,
-                          output_bn=cfg.get("projector_output_bn", False)), predictor)
+        # Projector and predictor are the same MLP shape (Dense-BN-ReLU-Dense).
+        projector = heads.MLPHead(hidden_dim=cfg.proj_hidden_dim, out_dim=cfg.proj_dim,
+                                  output_bn=cfg.get("projector_output_bn", False))
+        self.net = BYOLNet(build_backbone(config), projector=projector, predictor=predictor)
         if not 0.0 <= cfg.base_ema <= 1.0:
             raise ValueError(f"byol.base_ema={cfg.base_ema} must be in [0, 1]")
         self.base_ema = float(cfg.base_ema)

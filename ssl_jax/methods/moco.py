@@ -112,16 +112,6 @@ def split_forward(apply_fn: Callable, variables: Any, x: jax.Array, splits: int)
 # Networks and the method
 # ---------------------------------------------------------------------------------------------
 
-class LinearHead(nn.Module):
-    """MoCo v1's projection: one Dense(out_dim) (the ResNet's fc with 128 outputs)."""
-    out_dim: int = 128
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        del train
-        return nn.Dense(self.out_dim, name="dense_0")(x).astype(jnp.float32)
-
-
 class MoCoNet(nn.Module):
     backbone: nn.Module
     head: nn.Module
@@ -147,8 +137,8 @@ class Method(base.Method):
             raise ValueError(f"moco.queue_size={cfg.queue_size} must be a multiple of the keys "
                              f"enqueued per step, {keys_per_step} (batch_size="
                              f"{config.batch_size}{', symmetric' if self.symmetric else ''})")
-        head = LinearHead(cfg.proj_dim) if cfg.version == 1 else heads.ProjectionMLP(
-            out_dim=cfg.proj_dim)
+        head = (heads.LinearProjection(cfg.proj_dim) if cfg.version == 1
+                else heads.ProjectionMLP(out_dim=cfg.proj_dim))
         self.net = MoCoNet(build_backbone(config), head)
         self.temperature = float(cfg.temperature)
         self.momentum = float(cfg.momentum)

@@ -17,7 +17,8 @@ from typing import Any
 
 import flax.linen as nn
 
-from ssl_jax.models.heads import LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2
+from ssl_jax.models.heads import (LinearClassifier, LinearProjection, MLPHead, ProjectionMLP,
+                                  ProjectionMLPv2)
 from ssl_jax.models.load import load  # noqa: E402  (converted zoo checkpoints)
 
 FAMILIES = ("resnet", "alexnet", "vgg", "plain")
@@ -33,7 +34,7 @@ MODEL_NAMES = tuple(_FAMILY_OF)
 _SHARED_DEFAULTS = (("cifar_stem", False), ("padding", "torch"))
 
 __all__ = ["FAMILIES", "MODEL_NAMES", "get_model", "layer_names", "ProjectionMLP",
-           "ProjectionMLPv2", "MLPHead", "LinearClassifier", "load"]
+           "ProjectionMLPv2", "MLPHead", "LinearProjection", "LinearClassifier", "load"]
 
 
 def _check_name(name: str) -> None:

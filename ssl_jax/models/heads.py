@@ -96,6 +96,23 @@ class MLPHead(nn.Module):
         return x.astype(jnp.float32)
 
 
+class LinearProjection(nn.Module):
+    """One Dense(out_dim) with Flax's default init: MoCo v1's projection (the ResNet's fc with
+    128 outputs).
+
+    Not LinearClassifier: that one's layer is named ``dense`` and initialised N(0, 0.01) as a
+    probe; this one's is ``dense_0`` (trained MoCo v1 checkpoints hold ``head/dense_0``) with
+    the default init MoCo v1 runs start from.
+    """
+    out_dim: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        del train  # no BN or dropout; kept for a uniform head signature
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="dense_0")(x).astype(jnp.float32)
+
+
 class LinearClassifier(nn.Module):
     """Linear probe: [N, D] -> [N, num_classes] logits.
 
