@@ -31,7 +31,7 @@ def evaluate(inputs, settings, outdir: str | None = None) -> dict:
     # The module itself (not its apply): guided backprop clones it with a guided ReLU.
     return attention_report.evaluate_attention(
         network.module, network.apply_variables, images, outdir,
-        head=attention.LinearHead(w, b, network.features_index),
+        head=attention.FittedLinearReadout(w, b, network.features_index),
         layer=settings.layer or None, output_index=network.features_index,
         title=network.label)
 
