@@ -10,22 +10,25 @@ what the per-manager handler of ssl_jax/checkpointing.py replaces.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import flags
+
+from ssl_jax import errors
+
+# This script's own absl flags (ssl_jax/errors.py: parse_script_flags).
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("saves", 5, "saves timed after the first", flag_values=FLAGS)
+flags.DEFINE_integer("devices", 8, "forced CPU devices the state is replicated over",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("orbax_default", False, "save through orbax's default handlers instead",
+                  flag_values=FLAGS)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--saves", type=int, default=5)
-    p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--orbax_default", action="store_true")
-    a = p.parse_args()
+    a = errors.parse_script_flags(FLAGS, doc=__doc__)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={a.devices}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -82,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)
