@@ -174,6 +174,7 @@ def _real_and_control(method, config, images, metric, chance, name, control=True
     return real
 
 
+@pytest.mark.slow  # ~50 s on 2 cores; CI runs the slow set too
 def test_simclr_learns_instances_and_the_mispaired_control_does_not(images):
     # T 0.2: the smoke config's 0.5 learns about 1.5x slower in 200 steps.
     config = _config(simclr_config, temperature=0.2)
@@ -190,6 +191,7 @@ def test_moco_learns_instances_and_the_mispaired_control_does_not(images):
     _real_and_control(method, config, images, "contrastive_accuracy", 1 / (128 + 1), "moco")
 
 
+@pytest.mark.slow  # ~45 s on 2 cores; CI runs the slow set too
 def test_insdis_learns_instances_and_the_mispaired_control_does_not(images):
     # A bank of one row per image (256), 64 negatives drawn from it per step.
     config = _config(insdis_config, num_negatives=64, per_example_negatives=False)
@@ -213,6 +215,7 @@ def test_byol_learns_instances_and_the_mispaired_control_does_not(images):
                       1 / BATCH, "byol")
 
 
+@pytest.mark.slow  # ~75 s on 2 cores; CI runs the slow set too
 def test_byol_learns_and_without_predictor_with_tau_zero_collapses(images):
     """One test, so the real run is trained once for both checks (xdist splits tests)."""
     config = _byol_config()

@@ -327,6 +327,7 @@ def test_trainer_hands_the_run_length_to_byol_without_touching_the_callers_confi
     assert get_method("byol", copied).total_steps == 468
 
 
+@pytest.mark.slow  # ~70 s on 2 cores (three 8-device compiles); CI runs the slow set too
 def test_moco_split_bn_symmetric_step_on_8_devices_equals_1_device_and_enqueues_both_views():
     config = _tiny_config(moco_config)
     config.moco.update(bn="split", bn_splits=4, symmetric=True, queue_size=4 * BATCH,
