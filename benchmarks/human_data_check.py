@@ -24,7 +24,7 @@ from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
 from ssl_jax import xla_flags  # noqa: E402
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
-from ssl_jax.evaluation import distortions as D  # noqa: E402
+from ssl_jax.evaluation import distortions as D, human_robustness  # noqa: E402
 from ssl_jax.evaluation.confusion import confusion_matrix  # noqa: E402
 from ssl_jax.evaluation import error_consistency as E  # noqa: E402
 from ssl_jax.evaluation import shape_bias as S  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
                       categories=S.HUMAN_CATEGORIES, title="humans: shape bias per category")
 
     # Robustness curves and the uniform-noise confusion matrices (002 Figs. 1 and 4).
-    robustness = D.human_robustness_curves(args.data)
+    robustness = human_robustness.human_robustness_curves(args.data)
     summary["robustness"] = {f: {"levels": [str(lv) for lv in r["levels"]],
                                  "accuracy": r["accuracy"],
                                  "n_trials": r["n_trials"]} for f, r in robustness.items()}
@@ -136,7 +136,7 @@ def main() -> None:
     mats, conc = [], {}
     for lv in levels:
         ts = [t for tr in noise.values() for t in tr.values()
-              if D.human_condition_level("uniform_noise", t["condition"]) == lv]
+              if human_robustness.human_condition_level("uniform_noise", t["condition"]) == lv]
         m = confusion_matrix(np.array([idx[t["category"]] for t in ts]),
                              np.array([idx.get(t["response"], -1) for t in ts]), 16,
                              skip_negative_preds=True)

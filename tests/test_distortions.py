@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage as ndi
 from skimage.color import rgb2gray
 
-from ssl_jax.evaluation import distortions as D
+from ssl_jax.evaluation import distortions as D, human_robustness
 from ssl_jax.evaluation.confusion import confusion_matrix
 
 KEY = jax.random.PRNGKey(0)
@@ -320,16 +320,16 @@ def test_robustness_curve_confusion_and_plots(tmp_path):
 
 
 def test_human_condition_strings_map_to_levels():
-    assert D.human_condition_level("contrast", "c05") == 0.05
-    assert D.human_condition_level("contrast", "c100") == 1.0
-    assert D.human_condition_level("eidolon_II", "16-3-10") == 16.0
-    assert math.isinf(D.human_condition_level("high_pass", "inf"))
-    assert D.human_condition_level("colour", "bw") == "greyscale"
-    assert D.human_condition_level("power_equalisation", "pow") == "equalised"
-    assert D.human_condition_level("rotation", "270") == 270
-    assert D.human_condition_level("uniform_noise", "0.35") == 0.35
+    assert human_robustness.human_condition_level("contrast", "c05") == 0.05
+    assert human_robustness.human_condition_level("contrast", "c100") == 1.0
+    assert human_robustness.human_condition_level("eidolon_II", "16-3-10") == 16.0
+    assert math.isinf(human_robustness.human_condition_level("high_pass", "inf"))
+    assert human_robustness.human_condition_level("colour", "bw") == "greyscale"
+    assert human_robustness.human_condition_level("power_equalisation", "pow") == "equalised"
+    assert human_robustness.human_condition_level("rotation", "270") == 270
+    assert human_robustness.human_condition_level("uniform_noise", "0.35") == 0.35
     with pytest.raises(ValueError, match="not one of"):
-        D.human_condition_level("low_pass", "2")
+        human_robustness.human_condition_level("low_pass", "2")
 
 
 def test_human_robustness_curves_from_csvs(tmp_path):
@@ -346,7 +346,7 @@ def test_human_robustness_curves_from_csvs(tmp_path):
             for i, (cond, resp, cat) in enumerate(trials):
                 w.writerow([subj, 1, i, 0.5, resp, cat, cond,
                             f"{i:04d}_cop_{subj[-3:]}_{cond}_{cat}_10_img{i}.png"])
-    curves = D.human_robustness_curves(str(tmp_path), families=["contrast"])
+    curves = human_robustness.human_robustness_curves(str(tmp_path), families=["contrast"])
     c = curves["contrast"]
     assert c["levels"] == list(D.DISTORTION_LEVELS["contrast"])
     assert c["accuracy"][0] == pytest.approx(2 / 3) and c["n_trials"][0] == 3
@@ -354,4 +354,4 @@ def test_human_robustness_curves_from_csvs(tmp_path):
     assert np.isnan(c["accuracy"][1])  # c50 not in this data
     assert c["per_subject"]["subject-01"][0] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="unknown distortions"):
-        D.human_robustness_curves(str(tmp_path), families=["blur"])
+        human_robustness.human_robustness_curves(str(tmp_path), families=["blur"])
