@@ -119,3 +119,33 @@ def test_report_shows_the_kappa_block_only_for_several_networks():
     assert not any("cue_conflict acc." in line for line in lines)
     single = behaviour.markdown_lines({"sup-1": results["sup-1"]})
     assert not any(line.startswith("| kappa |") for line in single)
+
+
+def test_robustness_record_counts_confusions_and_collapse():
+    """Per level: the [truth, decision] counts (numpy bincount reference) and the response
+    concentration (1/classes spread evenly, 1 when every decision is one class)."""
+    labels = np.arange(40) % 4
+    spread = labels.copy()                 # level 0: every decision right, spread evenly
+    collapsed = np.full(40, 2)             # level 1: every decision is class 2
+    curve = {"levels": [0.0, 0.9], "accuracy": [1.0, 0.25],
+             "predictions": np.stack([spread, collapsed])}
+    rec = behaviour.robustness_record(curve, labels, 4)
+    for m, preds in zip(rec["confusion"], (spread, collapsed)):
+        want = np.bincount(4 * labels + preds, minlength=16).reshape(4, 4)
+        np.testing.assert_array_equal(m, want)
+    assert rec["response_concentration"] == [0.25, 1.0]
+    assert "predictions" not in rec and rec["accuracy"] == [1.0, 0.25]
+    results = {"net": {"robustness": {"uniform_noise": rec}}}
+    lines = behaviour.noise_collapse_lines(results)
+    assert lines[-1] == "| net | 0.25 | 1.00 |" and "0.25 = spread evenly" in lines[0]
+
+
+def test_robustness_grid_draws_every_family_with_humans(tmp_path):
+    rec = {"levels": [0, 1], "accuracy": [0.9, 0.2], "response_concentration": [0.1, 0.5],
+           "confusion": np.eye(10, dtype=int).tolist()}
+    results = {n: {"robustness": {f: rec for f in ("contrast", "rotation", "colour")}}
+               for n in ("a", "b")}
+    path = tmp_path / "grid.png"
+    behaviour.plot_robustness_grid(results, str(path),
+                                   human={"contrast": {"accuracy": [1.0, 0.4]}}, title="t")
+    assert path.stat().st_size > 10_000

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 MAPS = ("grad_cam", "guided_grad_cam", "saliency", "occlusion")
+# The main job's two families; experiments/behaviour.py runs all twelve of 002
+# (distortions.DISTORTION_LEVELS).
 FAMILIES = ("uniform_noise", "contrast")
 
 
@@ -109,7 +111,7 @@ def _decisions(net, variables, head, x):
 def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: np.ndarray,
                        num_classes: int, data: Mapping[str, Mapping[str, np.ndarray]],
                        outdir: str, title: str, attention_examples: int = 256,
-                       batch_size: int = 256) -> dict:
+                       batch_size: int = 256, families: Sequence[str] = FAMILIES) -> dict:
     """One network's behaviour record. `train_features`, `train_labels`: its frozen features of
     the train split (train.extract_features of `method.features`, e.g. those the frozen
     evaluation already extracted), on which the linear head is fitted; `data`:
@@ -117,7 +119,10 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     "edge" stimulus sets (`stimuli.stimulus_set`, scored into the record's "stimuli");
     attention overlays and their report go to `outdir`. The record's "stimuli" also holds
     "cue_conflict": the fraction of shape decisions and per-image shape correctness;
-    "shape_bias_per_category": shape bias over the stimuli of each shape class."""
+    "shape_bias_per_category": shape bias over the stimuli of each shape class. Each of
+    `families`' robustness records holds, per level, the accuracy, the response concentration
+    (the share of decisions going to the most chosen class: 002's collapse under noise) and the
+    [truth, decision] confusion counts."""
     from ssl_jax.evaluation import attention as A
     from ssl_jax.evaluation import attention_report as R
     from ssl_jax.evaluation import distortions as D
@@ -137,7 +142,7 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     acc = float(np.mean(batched_decisions(predict, test["image"], batch_size) == test["label"]))
     bias = score_cue_conflict(predict, cue, batch_size)
     curves = {f: D.robustness_curve(predict, test["image"], test["label"], f,
-                                    batch_size=batch_size) for f in FAMILIES}
+                                    batch_size=batch_size) for f in families}
     batches = ({"image": test["image"][i:i + 32], "label": test["label"][i:i + 32],
                 "mask": test["mask"][i:i + 32]} for i in range(0, attention_examples, 32))
     attention = R.evaluate_attention(method.net, variables, batches, outdir, head=head,
@@ -145,12 +150,24 @@ def evaluate_behaviour(method, state, train_features: np.ndarray, train_labels: 
     return {"test_accuracy": acc, "shape_bias": bias["shape_bias"],
             "cue_fractions": bias["cue_fractions"],
             "shape_bias_per_category": bias["shape_bias_per_category"],
-            "robustness": {f: {"levels": c["levels"], "accuracy": c["accuracy"]}
+            "robustness": {f: robustness_record(c, test["label"], num_classes)
                            for f, c in curves.items()},
             "attention": attention["metrics"], "attention_layer": attention["layer"],
             "stimuli": {"cue_conflict": bias["cue_conflict"],
                         **{k: score_stimuli(predict, data[k], batch_size)
                            for k in STIMULUS_KINDS if k in data}}}
+
+
+def robustness_record(curve: Mapping, labels: np.ndarray, num_classes: int) -> dict:
+    """A `distortions.robustness_curve` without its raw predictions: levels, accuracy, and per
+    level the response concentration and the [truth, decision] confusion counts."""
+    from ssl_jax.evaluation import distortions as D
+    from ssl_jax.evaluation.confusion import confusion_matrix
+
+    confusions = [confusion_matrix(labels, p, num_classes) for p in curve["predictions"]]
+    return {"levels": curve["levels"], "accuracy": curve["accuracy"],
+            "response_concentration": [D.response_concentration(m) for m in confusions],
+            "confusion": [m.tolist() for m in confusions]}
 
 
 def markdown_lines(results: Mapping[str, dict],
@@ -180,7 +197,7 @@ def markdown_lines(results: Mapping[str, dict],
         for kind in ("cue_conflict", *kinds):
             if all(kind in r.get("stimuli", {}) for r in results.values()):
                 lines += [""] + error_consistency_lines(results, kind, groups)
-    for family in FAMILIES:
+    for family in some["robustness"]:
         levels = some["robustness"][family]["levels"]
         lines += ["", f"Accuracy (%) under {family}:", "",
                   "| network | " + " | ".join(str(v) for v in levels) + " |",
@@ -217,12 +234,90 @@ def error_consistency_lines(results: Mapping[str, dict], kind: str,
 
 
 def plot_robustness(results: Mapping[str, dict], outdir: str) -> list[str]:
-    """OUTDIR/robustness_<family>.png for each family; returns the paths."""
+    """OUTDIR/robustness_<family>.png for each family of the records; returns the paths."""
     from ssl_jax.evaluation import distortions as D
     paths = []
-    for family in FAMILIES:
+    for family in next(iter(results.values()))["robustness"]:
         path = os.path.join(outdir, f"robustness_{family}.png")
         D.plot_robustness_curves({n: r["robustness"][family] for n, r in results.items()},
                                  path, title=family)
+        paths.append(path)
+    return paths
+
+
+def plot_robustness_grid(results: Mapping[str, dict], path: str,
+                         human: Mapping[str, Mapping] | None = None, title: str = "") -> None:
+    """002 figure 3 in miniature: one panel per family of the records (accuracy against level,
+    a line per network, chance dotted) with, where `human` has the family
+    (human_robustness.human_robustness_curves), the humans' accuracy dashed. The humans saw
+    002's ImageNet photographs, not these images: the panels say so."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(next(iter(results.values()))["robustness"])
+    cols = min(4, len(families))
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
+    markers = "Dosv^<>phx*"
+    num_classes = len(next(iter(results.values()))["robustness"][families[0]]["confusion"][0])
+    for ax, family in zip(axes.ravel(), families):
+        levels = [str(v) for v in results[next(iter(results))]["robustness"][family]["levels"]]
+        x = range(len(levels))
+        for i, (name, r) in enumerate(results.items()):
+            ax.plot(x, r["robustness"][family]["accuracy"], marker=markers[i % len(markers)],
+                    markersize=3, lw=1, label=name)
+        if human and family in human:
+            ax.plot(x, human[family]["accuracy"], "k--", lw=1.2,
+                    label="humans (002's stimuli)")
+        ax.axhline(1.0 / num_classes, color="grey", ls=":", lw=0.8)
+        ax.set_xticks(list(x), levels, rotation=45, fontsize=6)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(family, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes.ravel()[len(families):]:
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7,
+               frameon=False)
+    note = ("; dashed: humans of 002 on its ImageNet photographs (other images, 16 classes)"
+            if human else "")
+    fig.suptitle((title + ": " if title else "") + "accuracy vs distortion level, dotted: "
+                 "chance" + note, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def noise_collapse_lines(results: Mapping[str, dict], family: str = "uniform_noise"
+                         ) -> list[str]:
+    """Markdown: the response concentration (share of decisions on the most chosen class; 1 /
+    classes when spread evenly, 1 when every decision is one class) per level of `family`, per
+    network: 002's finding that networks collapse onto one class under noise while humans
+    spread their errors."""
+    some = next(iter(results.values()))["robustness"][family]
+    num_classes = len(some["confusion"][0])
+    lines = [f"Response concentration under {family} (share of decisions on the most chosen "
+             f"class; {1 / num_classes:.2f} = spread evenly, 1 = collapse onto one class):", "",
+             "| network | " + " | ".join(str(v) for v in some["levels"]) + " |",
+             "|---|" + "---|" * len(some["levels"])]
+    lines += [f"| {name} | " + " | ".join(
+        f"{c:.2f}" for c in r["robustness"][family]["response_concentration"]) + " |"
+        for name, r in results.items()]
+    return lines
+
+
+def plot_noise_confusions(results: Mapping[str, dict], class_names: Sequence[str],
+                          outdir: str, family: str = "uniform_noise") -> list[str]:
+    """OUTDIR/confusion_<family>_<network>.png: each network's confusion matrices across the
+    family's levels (002 figure 4: a collapse shows as one bright row); returns the paths."""
+    from ssl_jax.evaluation import distortions as D
+    paths = []
+    for name, r in results.items():
+        rec = r["robustness"][family]
+        path = os.path.join(outdir, f"confusion_{family}_{name}.png")
+        D.plot_confusion_matrices([np.asarray(m) for m in rec["confusion"]],
+                                  [str(v) for v in rec["levels"]], class_names, path,
+                                  title=f"{name}: {family}")
         paths.append(path)
     return paths
