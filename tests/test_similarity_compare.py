@@ -179,3 +179,44 @@ def test_best_match_and_curves_equal_numpy(tmp_path):
     assert np.isnan(curve[5])
     compare.plot_cka_matrix(cka, names, [f"b/l{i}" for i in range(7)], str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_cka_matrix_is_linear_cka_of_every_layer_pair_against_numpy():
+    from ssl_jax.similarity import compare
+
+    rng = np.random.default_rng(0)
+    a = [rng.normal(size=(50, p)) for p in (3, 7)]
+    b = [rng.normal(size=(50, 5)) + a[0] @ rng.normal(size=(3, 5)), np.ones((50, 4))]
+
+    def numpy_cka(x, y):
+        x, y = x - x.mean(0), y - y.mean(0)
+        return (np.linalg.norm(y.T @ x) ** 2
+                / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+    m = compare.cka_matrix(a, b)
+    assert m.shape == (2, 2)
+    for i in range(2):
+        np.testing.assert_allclose(m[i, 0], numpy_cka(a[i], b[0]), rtol=1e-4)
+        assert np.isnan(m[i, 1])  # a constant layer: undefined, not an error
+    assert compare.thirds([1, 2, 3, 4, 5, 6, 7]) == [2.0, 4.5, 6.5]  # sizes 3, 2, 2
+
+
+def test_001_summary_groups_pairs_by_kind_and_splits_odd_even_layers():
+    import similarity_methods as sm
+
+    layers = ["b/stem", "b/layer1_0/relu1", "b/layer1.0", "b/layer1_1/relu1", "b/layer1.1",
+              "b/pool"]
+    assert [sm.is_inner(n) for n in layers] == [False, True, False, True, False, False]
+    method_of = {"sup-s0": "supervised", "sup-s1": "supervised", "sim-s0": "simclr"}
+    diag = {("sup-s0", "sup-s1"): np.arange(6) / 10, ("sup-s0", "sim-s0"): np.full(6, 0.2),
+            ("sup-s1", "sim-s0"): np.full(6, 0.4)}
+    cka = {k: np.diag(v) for k, v in diag.items()}
+    out = sm.summarise_pairs(cka, layers, method_of)
+    assert set(out["all"]) == {"supervised ~ supervised", "simclr ~ supervised"}
+    across = out["all"]["simclr ~ supervised"]
+    assert across["pairs"] == 2 and np.allclose(across["curve"], 0.3)
+    np.testing.assert_allclose(np.array(across["thirds"]),
+                               [[0.3, np.std([0.2, 0.4], ddof=1)]] * 3)
+    # odd = the two in-block layers (0.1, 0.3), split into thirds of sizes 1, 1, 0
+    within = out["odd"]["supervised ~ supervised"]["curve"]
+    np.testing.assert_allclose(within, [0.1, 0.3])

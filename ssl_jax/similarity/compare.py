@@ -137,6 +137,29 @@ def compare_networks(acts_a: Callable, vars_a: Mapping, acts_b: Callable, vars_b
     return out
 
 
+def cka_matrix(acts_a: list, acts_b: list, debiased: bool = False) -> np.ndarray:
+    """[La, Lb] full-batch linear CKA between every layer of A and every layer of B, each a
+    [n, p] activation matrix over the same n examples (e.g. `layer_activations_fn`'s outputs
+    concatenated over batches). A pair the index is undefined for (a constant layer) is NaN."""
+    from ssl_jax.similarity.cka import linear_cka
+
+    out = np.full((len(acts_a), len(acts_b)), np.nan)
+    for i, x in enumerate(acts_a):
+        for j, y in enumerate(acts_b):
+            try:
+                out[i, j] = float(linear_cka(x, y, debiased=debiased))
+            except ValueError:
+                pass
+    return out
+
+
+def thirds(curve) -> list[float]:
+    """Means of a per-layer curve over the first, middle and last third of its layers (001's
+    early / middle / late summary; with L layers, thirds of sizes L//3 + (1 if L % 3 > k))."""
+    parts = np.array_split(np.asarray(curve, float), 3)
+    return [float(np.nanmean(p)) if len(p) else float("nan") for p in parts]
+
+
 def best_match(cka: np.ndarray) -> np.ndarray:
     """For each layer of A (row), the index of B's layer with the highest CKA (001's dots)."""
     return np.argmax(cka, axis=1)
