@@ -175,7 +175,13 @@ def write_report(outdir, configs, results, behaviours, timings):
         "(docs/BEHAVIOUR.md).", ""]
     lines += behaviour.markdown_lines(behaviours)
     lines += ["", "Curves: `robustness_uniform_noise.png`, `robustness_contrast.png`; attention "
-              "overlays: `<run>/attention.png`.", ""]
+              "overlays: `<run>/attention.png`.", "",
+              "## The papers' comparisons, at larger scale", "",
+              "- 002, all twelve distortion families, error consistency between networks on "
+              "cue-conflict, silhouette and edge stimuli, collapse under noise: "
+              "`python experiments/behaviour.py` (docs/BEHAVIOUR.md).",
+              "- 001, layer-by-layer CKA between methods and between seeds: "
+              "`python experiments/similarity_methods.py` (docs/SIMILARITY.md).", ""]
     with open(os.path.join(outdir, "report.md"), "w") as f:
         f.write("\n".join(lines))
 

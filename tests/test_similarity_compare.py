@@ -220,3 +220,14 @@ def test_001_summary_groups_pairs_by_kind_and_splits_odd_even_layers():
     # odd = the two in-block layers (0.1, 0.3), split into thirds of sizes 1, 1, 0
     within = out["odd"]["supervised ~ supervised"]["curve"]
     np.testing.assert_allclose(within, [0.1, 0.3])
+    groups = sm.group_thirds(cka, method_of)
+    assert {k: v["pairs"] for k, v in groups.items()} == {
+        "seeds": 1, "self-supervised ~ supervised": 2}
+    np.testing.assert_allclose([m for m, _ in groups["seeds"]["thirds"]], [0.05, 0.25, 0.45])
+    # Seeds minus cross-group per third: -0.25 / -0.05 / 0.15, all under 0.2: no divergence.
+    assert "with no divergence at the end" in sm.finding(groups)[-1]
+    for cross, verdict in (((0.0, 0.1, 0.2), "finding holds here"),       # gaps .05 .15 .25
+                           ((0.0, 0.0, 0.0), "holds only for the early layers"),  # .05 .25
+                           ((-0.3, 0.0, 0.0), "differ from the first third on")):  # .35
+        groups["self-supervised ~ supervised"]["thirds"] = [[c, 0.0] for c in cross]
+        assert verdict in sm.finding(groups)[-1]
