@@ -342,8 +342,8 @@ def report(args, record: dict, methods: list[str]) -> list[str]:
                 f"{np.mean([record['probes'][r][s]['top1'] for r in runs]):.1f}"
                 for s in stages) + " |")
     lines += ["", "Figures: `cka_<A>__<B>.png` (heatmap with best matches, diagonal and maximum "
-              "curves, first seed of each pair kind), `same_layer_cka.png` (the diagonal per "
-              "pair kind), `label_cka.png`, `invariance.png`, `per_layer_probes.png`.", "",
+              "curves, first seed of each pair kind), `same_layer_cka.png` (the diagonal by "
+              "kind of pair), `label_cka.png`, `invariance.png`, `per_layer_probes.png`.", "",
               "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in record["timings"].items())]
     return lines
 
@@ -366,7 +366,8 @@ def figures(outdir: str, record: dict, runs: dict, methods: list[str], plot_per_
             continue
         drawn.add(kind)
         compare.plot_cka_matrix(np.asarray(m), layers, layers,
-                                os.path.join(outdir, f"cka_{a}__{b}.png"), a, b)
+                                os.path.join(outdir, f"cka_{a}__{b}.png"), a, b,
+                                title="linear CKA (full batch)")
 
     def per_layer_plot(path, series, ylabel, title):
         fig, ax = plt.subplots(figsize=(9, 4))
@@ -383,9 +384,19 @@ def figures(outdir: str, record: dict, runs: dict, methods: list[str], plot_per_
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
+    method_of = {r: v["method"] for r, v in record["runs"].items()}
+    diagonals: dict[str, list] = {}
+    for key, m in record["cka"].items():
+        a, b = key.split(" | ")
+        ma, mb = method_of[a], method_of[b]
+        group = ("two seeds of one method" if ma == mb else
+                 " ~ ".join(sorted((group_of(ma), group_of(mb)))))
+        diagonals.setdefault(group, []).append(np.diag(np.asarray(m)))
     per_layer_plot(os.path.join(outdir, "same_layer_cka.png"),
-                   {k: (v["curve"], None) for k, v in record["summary"]["all"].items()},
-                   "linear CKA, same layer", "same-layer CKA by pair kind (mean over pairs)")
+                   {f"{g} ({len(d)} pairs)": (np.mean(d, axis=0), np.std(d, axis=0))
+                    for g, d in sorted(diagonals.items())},
+                   "linear CKA, same layer",
+                   "same-layer CKA by kind of network pair (mean +- sd over pairs)")
     by_method = {m: [r for r, v in record["runs"].items() if v["method"] == m] for m in methods}
     per_layer_plot(os.path.join(outdir, "label_cka.png"),
                    {m: (np.mean([record["label_cka"][r] for r in rs], axis=0),

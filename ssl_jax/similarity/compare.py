@@ -180,7 +180,8 @@ def same_layer_curve(cka: np.ndarray, layers_a: list[str], layers_b: list[str]) 
 
 
 def plot_cka_matrix(cka: np.ndarray, layers_a: list[str], layers_b: list[str], path: str,
-                    title_a: str = "A", title_b: str = "B") -> None:
+                    title_a: str = "A", title_b: str = "B",
+                    title: str = "linear CKA (minibatch, unbiased)") -> None:
     """001's figure 2 for one pair of networks: the [La, Lb] CKA heatmap, layers in forward
     order, a white dot on each row's most similar layer of B; beside it, per layer of A, the
     CKA with B's same-named layer (diag) and with its most similar layer of B (max)."""
@@ -201,7 +202,7 @@ def plot_cka_matrix(cka: np.ndarray, layers_a: list[str], layers_b: list[str], p
     ax.scatter(best_match(cka), np.arange(la), s=10, c="white", label="best match in B")
     ax.set_xticks(range(lb), short(layers_b), rotation=90, fontsize=6)
     ax.set_yticks(range(la), short(layers_a), fontsize=6)
-    ax.set(xlabel=title_b, ylabel=title_a, title="linear CKA (minibatch, unbiased)")
+    ax.set(xlabel=title_b, ylabel=title_a, title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
 
     curves.plot(row_max(cka), marker=".", label="max over layers of B")
