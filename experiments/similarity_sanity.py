@@ -49,7 +49,9 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_data
                     flag_values=FLAGS)
 flags.DEFINE_string("dataset", "shapes_textures/small32", None, flag_values=FLAGS)
 flags.DEFINE_integer("seeds", 5, "number of networks (seeds 0..K-1), >= 2", flag_values=FLAGS)
-flags.DEFINE_float("epochs", 3.0, "training epochs per network", flag_values=FLAGS)
+flags.DEFINE_float("epochs", 15.0,
+                   "training epochs per network (15: 97-99% test accuracy on small32)",
+                   flag_values=FLAGS)
 flags.DEFINE_float("width", 0.25, "Plain-10 width (1.0: 64-128-256)", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 128, None, flag_values=FLAGS)
 flags.DEFINE_integer("examples", 500,
