@@ -13,7 +13,7 @@ from ssl_jax.evaluation import attention, attention_report
 
 
 def evaluate(inputs, settings, outdir: str | None = None) -> dict:
-    network, data = inputs.needs_network("attention")
+    network, data = inputs.needs_network("the attention evaluator")
     if not outdir:
         raise ValueError("the attention evaluator writes its maps: it needs an outdir")
     # Class scores for every network come from a linear head fitted on frozen train features

@@ -15,7 +15,7 @@ from ssl_jax.evaluators.inputs import load_network
 
 
 def evaluate(inputs, settings, outdir: str | None = None) -> dict:
-    network, data = inputs.needs_network("confusion")
+    network, data = inputs.needs_network("the confusion evaluator")
     grouping = grouping_for(settings.get("grouping", ""), data)
     groups = confusion.group_ids(grouping, data.num_classes)
     res, test_y = probe_logits(inputs, settings.probe_grid)

@@ -242,10 +242,11 @@ class EvalInputs:
     def test(self) -> Split:
         return self.features(self.eval_split)
 
-    def needs_network(self, evaluator: str) -> tuple[Network, EvalData]:
+    def needs_network(self, who: str) -> tuple[Network, EvalData]:
+        """(network, data), or a ValueError naming `who` when these inputs are features only."""
         if self.network is None or self.data is None:
-            raise ValueError(f"the {evaluator} evaluator needs the network and its data, not "
-                             "only features (run it through run_eval or the trainer)")
+            raise ValueError(f"{who} needs the network and its data, not only features (run "
+                             "it through run_eval or the trainer)")
         return self.network, self.data
 
     def _extract_final(self, split: str) -> Split:
@@ -305,7 +306,7 @@ class EvalInputs:
 
         from ssl_jax.data import pipeline
 
-        network, data = self.needs_network(what)
+        network, data = self.needs_network(f"reading {what} batches")
         batch_size = batch_size or network.batch_size
         n = min(pipeline.num_examples(data.builder, split), limit or float("inf"))
         it = pipeline.eval_iterator(data.builder, split, batch_size, network.image_size,

@@ -10,7 +10,7 @@ from ssl_jax.evaluation.per_layer import per_layer_probe, plot_per_layer
 
 
 def evaluate(inputs, settings, outdir: str | None = None) -> dict:
-    network, data = inputs.needs_network("per_layer")
+    network, data = inputs.needs_network("the per_layer evaluator")
     layers = inputs.layers(settings.layers)
     train_feats, train_y = inputs.layer_features(data.train_split, layers, settings.pooling)
     test_feats, test_y = inputs.layer_features(data.eval_split, layers, settings.pooling)

@@ -10,7 +10,7 @@ from ssl_jax.evaluation.retrieval import nearest_neighbours, plot_retrieval_grid
 
 
 def evaluate(inputs, settings, outdir: str | None = None) -> dict:
-    _, data = inputs.needs_network("retrieval")
+    _, data = inputs.needs_network("the retrieval evaluator")
     (gallery_x, gallery_y), (query_x, query_y) = inputs.train(), inputs.test()
     queries = [int(q) for q in re.split(r"[+,]", settings.queries) if q]
     bad = [q for q in queries if not 0 <= q < len(query_x)]

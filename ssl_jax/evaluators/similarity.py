@@ -19,7 +19,7 @@ def evaluate(inputs, settings, outdir: str | None = None) -> dict:
     from ssl_jax.data import augment
     from ssl_jax.similarity import compare
 
-    network_a, data = inputs.needs_network("similarity")
+    network_a, data = inputs.needs_network("the similarity evaluator")
     if not settings.get("checkpoint_b"):
         raise ValueError("the similarity evaluator needs --config.checkpoint_b (the second "
                          "network)")
