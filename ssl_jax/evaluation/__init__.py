@@ -13,12 +13,15 @@ from ssl_jax.evaluation.calibration import (
     temperature_scaled_ece,
 )
 from ssl_jax.evaluation.confusion import (
+    block_diagonal_fraction,
     class_differences,
     confusion_matrix,
     imagenet_grouping,
     per_class_accuracy,
+    plot_binarised_confusions,
     plot_confusion,
     shapes_textures_grouping,
+    topk_confusion_counts,
     within_group_top5_error_fraction,
 )
 from ssl_jax.evaluation.few_shot import few_shot, sample_episodes
@@ -28,6 +31,7 @@ from ssl_jax.evaluation.per_layer import per_layer_probe, plot_per_layer
 from ssl_jax.evaluation.retrieval import nearest_neighbours, plot_retrieval_grid
 
 __all__ = [
+    "block_diagonal_fraction",
     "class_differences",
     "confusion_matrix",
     "expected_calibration_error",
@@ -40,6 +44,7 @@ __all__ = [
     "nearest_neighbours",
     "per_class_accuracy",
     "per_layer_probe",
+    "plot_binarised_confusions",
     "plot_confusion",
     "plot_per_layer",
     "plot_retrieval_grid",
@@ -48,5 +53,6 @@ __all__ = [
     "shapes_textures_grouping",
     "temperature_scale",
     "temperature_scaled_ece",
+    "topk_confusion_counts",
     "within_group_top5_error_fraction",
 ]

@@ -1,6 +1,9 @@
 """Confusion structure of a classifier (Epstein et al., paper 000): a confusion matrix with
 classes ordered by a hierarchy, the share of top-5 errors that stay inside the true class's
-group, and the classes a model is strongest / weakest at relative to a reference model.
+group, the classes a model is strongest / weakest at relative to a reference model, and
+Figure 5's binarised top-k confusion matrices with the fraction of predictions that stay inside
+the true class's block (`topk_confusion_counts`, `block_diagonal_fraction`,
+`plot_binarised_confusions`).
 
 A *grouping* is a list of `(group name, [class indices])`; every class must appear exactly once.
 Built-in groupings (see docs/EVALUATION.md for the exact definitions and sources):
@@ -10,7 +13,7 @@ Built-in groupings (see docs/EVALUATION.md for the exact definitions and sources
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -133,6 +136,53 @@ def within_group_top5_error_fraction(logits: np.ndarray, labels: np.ndarray,
     return float((wrong & same).sum() / n) if n else float("nan")
 
 
+def topk_confusion_counts(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """000 Figure 5's top-k confusion counts [C, C] int64 (rows = true class, columns =
+    predicted): for each image, if the true label is among its top-``k`` classes the image
+    counts as correct and only the diagonal cell [label, label] is incremented; otherwise each
+    of the ``k`` cells [label, p] of its top-k classes p is incremented (so a wrong image adds
+    k, a correct one 1). Logit ties: the lower class ranks first (stable argsort, as
+    within_group_top5_error_fraction).
+
+    000 uses k = 5 on ImageNet's 1000 classes; with few classes (the built-in dataset has 10)
+    top-5 contains the label for most images and the matrix is almost diagonal, so ``k`` is a
+    parameter: use a small k (e.g. 2) there. 000's binarised display is ``counts > 0`` (every
+    cell predicted at least once is on); see plot_binarised_confusions."""
+    logits, labels = np.asarray(logits), np.asarray(labels, np.int64)
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
+    n, c = logits.shape
+    if not 1 <= k <= c:
+        raise ValueError(f"k must lie in [1, {c}] (the number of classes), got {k}")
+    if labels.size and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
+    topk = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    hit = (topk == labels[:, None]).any(axis=1)
+    rows = np.concatenate([labels[hit], np.repeat(labels[~hit], k)])
+    cols = np.concatenate([labels[hit], topk[~hit].ravel()])
+    return np.bincount(rows * c + cols, minlength=c * c).reshape(c, c)
+
+
+def block_diagonal_fraction(counts: np.ndarray, groups: np.ndarray) -> float:
+    """Of all increments of a confusion count matrix ``counts`` [C, C] (rows = true class),
+    the fraction (0..1) that fall in a block-diagonal cell, i.e. whose predicted class is in
+    the true class's group (``groups`` [C], e.g. group_ids(grouping, C)); diagonal cells
+    (correct predictions) are in-group. NaN for an all-zero matrix.
+
+    On topk_confusion_counts this is 000 Figure 5's "fraction of predictions within
+    block-diagonal sections" counted per increment: a wrong image weighs k, a correct one 1.
+    On the binarised matrix ``(counts > 0).astype(int)`` it is instead the fraction of
+    activated cells that lie inside the blocks (000 does not say which it reports)."""
+    counts, groups = np.asarray(counts), np.asarray(groups, np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or groups.shape != counts.shape[:1]:
+        raise ValueError(f"need counts [C, C] and groups [C], got {counts.shape} and {groups.shape}")
+    total = counts.sum()
+    if total == 0:
+        return float("nan")
+    same = groups[:, None] == groups[None, :]
+    return float(counts[same].sum() / total)
+
+
 def class_differences(acc: np.ndarray, ref_acc: np.ndarray, class_names: Sequence[str],
                       k: int = 5) -> dict[str, list[dict]]:
     """Per-class accuracy difference `acc - ref_acc` (000 Table 1): the `k` classes where the
@@ -173,6 +223,55 @@ def plot_confusion(cm: np.ndarray, grouping: Grouping, class_names: Sequence[str
     ax.set_ylabel("true")
     ax.set_title(title or "confusion (row-normalised, classes by group)")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_binarised_confusions(matrices: Mapping[str, np.ndarray], grouping: Grouping,
+                              class_names: Sequence[str], path: str, title: str = "") -> None:
+    """000 Figure 5: one panel per network of its binarised confusion matrix (``counts > 0``,
+    e.g. of topk_confusion_counts; rows = true), classes in grouping order, each group's
+    diagonal block outlined, and block_diagonal_fraction of the (unbinarised) counts in the
+    panel title. Class names are drawn when there are at most 50 classes. With few classes and
+    many images every cell is soon predicted once and the binarised panels saturate (000 had
+    1000 classes); the title's fraction, which counts every increment, does not."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if not matrices:
+        raise ValueError("matrices is empty; need at least one network")
+    order = class_order(grouping)
+    n = len(order)
+    groups = group_ids(grouping, n)
+    for name, cm in matrices.items():
+        if np.shape(cm) != (n, n):
+            raise ValueError(f"matrix {name!r} has shape {np.shape(cm)}, the grouping has {n} classes")
+    side = min(3 + 0.3 * n, 8)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side + 0.4),
+                             squeeze=False)
+    starts = np.concatenate([[0], np.cumsum([len(members) for _, members in grouping])])
+    for ax, (name, cm) in zip(axes[0], matrices.items()):
+        cm = np.asarray(cm)
+        ax.imshow(cm[np.ix_(order, order)] > 0, cmap="Greys", vmin=0, vmax=1,
+                  interpolation="nearest")
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            ax.add_patch(Rectangle((lo - 0.5, lo - 0.5), hi - lo, hi - lo, fill=False,
+                                   edgecolor="tab:red", lw=1.2))
+        ax.set_title(f"{name}: {block_diagonal_fraction(cm, groups):.0%} in blocks", fontsize=9)
+        if n <= 50:
+            names = [class_names[c] for c in order]
+            ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(n), names, fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
