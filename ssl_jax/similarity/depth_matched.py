@@ -9,9 +9,9 @@ paper); two networks by the average of that score over depth-matched pairs (conv
 with block i of a ResNet, i = 1..4); and the network score is reported as mean +- standard error
 over several batches of N images (paper: N = 120, 10 batches).
 
-Only the K leading correlations are averaged because the trailing ones of wide layers are mostly
-noise, and averaging all min(p, q) of them would make the score depend on the channel counts of
-the two networks rather than on what they share.
+Averaging a fixed number K of leading correlations (the paper's choice; its reason is not given)
+keeps layers of different widths on one scale: the mean of all min(p, q) correlations (`mean_cca`)
+falls as the narrower layer gets wider, since each added direction adds a weaker correlation.
 """
 from __future__ import annotations
 
