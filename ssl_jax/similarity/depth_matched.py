@@ -11,7 +11,7 @@ over several batches of N images (paper: N = 120, 10 batches).
 
 Averaging a fixed number K of leading correlations (the paper's choice; its reason is not given)
 keeps layers of different widths on one scale: the mean of all min(p, q) correlations (`mean_cca`)
-falls as the narrower layer gets wider, since each added direction adds a weaker correlation.
+tends to fall as the narrower layer gets wider, each added direction adding a weaker correlation.
 """
 from __future__ import annotations
 
