@@ -39,14 +39,20 @@ def _correlations(ux, mask_x, uy, mask_y, n_out: int) -> jax.Array:
     return jnp.clip(rho, 0.0, 1.0)
 
 
-@jax.jit
-def _cca(x, y):
+def _canonical(x, y, n_out: int):
+    """Traced core of `cca`, shared with depth_matched.leading_mean_cca: the `n_out` largest
+    canonical correlations (zeros past the ranks), min(rank_x, rank_y) and the status vector."""
     ux, _, _, rx = _svd_basis(x)
     uy, _, _, ry = _svd_basis(y)
-    rho = _correlations(ux, rx, uy, ry, min(x.shape[1], y.shape[1]))
+    rho = _correlations(ux, rx, uy, ry, n_out)
     n_valid = jnp.minimum(jnp.sum(rx), jnp.sum(ry))
     status = jnp.stack([nm.finite(x), nm.finite(y), jnp.any(rx), jnp.any(ry)])
     return rho, n_valid, status
+
+
+@jax.jit
+def _cca(x, y):
+    return _canonical(x, y, min(x.shape[1], y.shape[1]))
 
 
 def _checked(x, y, allow_underdetermined, measure):
