@@ -110,6 +110,8 @@ def method_loss_and_grads(method: Method, state: TrainState, views: jax.Array, b
                           loss_rng: jax.Array):
     """((loss, (new_model_state, metrics)), grads) of the method's loss on `views`."""
     extra = {"index": batch["index"]} if method.needs_index else {}
+    if method.target_keys:
+        extra["targets"] = {k: batch[k] for k in method.target_keys}
 
     def loss_fn(params):
         return method.loss(params, state.model_state, views, batch["label"], loss_rng, **extra)
@@ -124,6 +126,17 @@ def loss_and_grads(method: Method, preset: augment.Preset, state: TrainState, ba
     `needs_index`, e.g. memory banks)."""
     views, loss_rng = step_views(preset, state, batch, rng)
     return method_loss_and_grads(method, state, views, batch, loss_rng)
+
+
+def check_whole_image_views(preset: augment.Preset, method: str) -> None:
+    """A method with dense targets needs views that are the whole image, unflipped: the
+    pipeline does not crop or flip the targets with them."""
+    for view in preset.views:
+        whole = view.crop == "center" and view.center_crop_fraction == 1.0 and not view.flip
+        if not whole:
+            raise ValueError(f"method {method!r} trains on dense targets, which are not cropped "
+                             f"or flipped: use --config.augment.preset=dense (augment preset "
+                             f"{preset.name!r} crops or flips)")
 
 
 def make_train_step(method: Method, tx: optax.GradientTransformation, preset: augment.Preset,
@@ -451,6 +464,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         raise ValueError(f"augment preset {config.augment.preset!r} makes {len(preset.views)} "
                          f"view(s) but method {config.method!r} needs {method.num_views}")
 
+    if method.target_keys:
+        check_whole_image_views(preset, config.method)
     schedule, tx = build_optimizer(config, steps)
     probe = online_probe.from_config(config)
     evals = config.get("evals", {})
@@ -493,7 +508,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         builder, config.dataset.train_split, config.batch_size,
         preset.views, size, seed=config.seed, start_step=start,
         cache=config.dataset.get("cache", True),
-        with_index=method.needs_index, copy_paste=paste)
+        with_index=method.needs_index, copy_paste=paste, extra_keys=method.target_keys)
     writer = metrics_lib.MetricWriter(workdir)
 
     eval_data = evaluators.data_of_run(config, builder)

@@ -1,4 +1,4 @@
-"""Depth-matched network CCA (Epstein et al.): the leading-K mean CCA against an independent
+"""Depth-matched network CCA (Epstein et al.): the K-direction SVCCA against an independent
 float64 numpy reference, its invariances, the depth pairing, and the whole path from
 [b, h, w, c] activations of different spatial sizes to per-batch scores and their standard error."""
 import math
@@ -7,21 +7,24 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax.similarity import (batched_network_similarity, depth_matched_pairs, leading_mean_cca,
-                                mean_cca, to_examples)
+from ssl_jax.similarity import (bases_similarity, batched_network_similarity,
+                                depth_matched_pairs, k_svcca, layer_bases, mean_cca, to_examples)
+from ssl_jax.similarity.cca import cca
 
 TOL = 2e-5  # float32 SVDs against a float64 reference
 
 
 def _leading_ref(x, y, k):
-    """float64: centre, orthonormal bases by QR, singular values of Qx^T Qy, mean of the top k
-    (k capped at min(p, q); inputs here are full rank)."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    qx, _ = np.linalg.qr(x - x.mean(0))
-    qy, _ = np.linalg.qr(y - y.mean(0))
-    rho = np.linalg.svd(qx.T @ qy, compute_uv=False)  # descending
-    return float(np.mean(rho[:min(k, x.shape[1], y.shape[1])]))
+    """float64: centre, each side's k leading principal directions (left singular vectors,
+    capped at the channels and the rank), singular values of Ux^T Uy, their mean."""
+    def basis(a):
+        a = np.asarray(a, np.float64)
+        u, sv, _ = np.linalg.svd(a - a.mean(0), full_matrices=False)
+        rank = int((sv > sv[0] * 1e-9).sum())
+        return u[:, :min(k, a.shape[1], rank)]
+
+    ux, uy = basis(x), basis(y)
+    return float(np.mean(np.linalg.svd(ux.T @ uy, compute_uv=False)))
 
 
 def _planted(rng, n, p, q, shared, noise):
@@ -33,61 +36,76 @@ def _planted(rng, n, p, q, shared, noise):
 
 
 @pytest.mark.parametrize("p, q, k", [(12, 7, 5), (7, 12, 3), (16, 16, 16)])
-def test_leading_mean_cca_matches_reference_random(p, q, k):
+def test_k_svcca_matches_reference_random(p, q, k):
     rng = np.random.default_rng(p * 100 + q)
     x = rng.standard_normal((300, p)).astype(np.float32)
     y = (0.3 * x[:, :1] + rng.standard_normal((300, q))).astype(np.float32)
-    assert abs(float(leading_mean_cca(x, y, k)) - _leading_ref(x, y, k)) <= TOL
+    assert abs(float(k_svcca(x, y, k)) - _leading_ref(x, y, k)) <= TOL
 
 
-def test_leading_mean_cca_planted_subspace():
+def test_k_svcca_planted_subspace():
     rng = np.random.default_rng(1)
     x, y = _planted(rng, 500, 20, 14, shared=4, noise=0.3)
     ref4, ref10 = _leading_ref(x, y, 4), _leading_ref(x, y, 10)
     assert ref4 > 0.9 and ref10 < ref4  # the planted directions lead, the rest are noise
-    assert abs(float(leading_mean_cca(x, y, 4)) - ref4) <= TOL
-    assert abs(float(leading_mean_cca(x, y, 10)) - ref10) <= TOL
+    assert abs(float(k_svcca(x, y, 4)) - ref4) <= TOL
+    assert abs(float(k_svcca(x, y, 10)) - ref10) <= TOL
 
 
-def test_leading_mean_cca_k_capped_at_channels():
+def test_k_svcca_k_capped_at_channels():
     rng = np.random.default_rng(2)
     x, y = _planted(rng, 200, 9, 6, shared=2, noise=1.0)
-    capped = float(leading_mean_cca(x, y, 50))
-    assert abs(capped - float(leading_mean_cca(x, y, 6))) <= 1e-6
-    assert abs(capped - _leading_ref(x, y, 6)) <= TOL
+    capped = float(k_svcca(x, y, 50))
+    assert abs(capped - float(k_svcca(x, y, 9))) <= 1e-6  # the wider layer's width
+    assert abs(capped - _leading_ref(x, y, 9)) <= TOL
     assert abs(capped - float(mean_cca(x, y))) <= 1e-6  # k >= min(p, q): all correlations
 
 
-def test_leading_mean_cca_k_capped_at_rank():
+def test_k_svcca_k_capped_at_rank():
     """A duplicated channel adds no direction: the mean is over the rank, not the width."""
     rng = np.random.default_rng(3)
     x, y = _planted(rng, 200, 5, 8, shared=2, noise=1.0)
     dup = np.concatenate([x, x[:, :3]], axis=1)  # 8 channels, rank 5
-    assert abs(float(leading_mean_cca(dup, y, 8)) - _leading_ref(x, y, 5)) <= TOL
+    assert abs(float(k_svcca(dup, y, 8)) - _leading_ref(x, y, 8)) <= TOL
 
 
-def test_leading_mean_cca_invariant_to_linear_maps_and_shift():
+def test_k_svcca_invariant_to_rotations_scale_and_shift():
+    """Below the width, PCA picks the directions: invariant to orthogonal maps, scale and
+    shifts (not to any invertible map); at k >= width, to any invertible map (mean CCA)."""
     rng = np.random.default_rng(4)
     x, y = _planted(rng, 400, 10, 8, shared=3, noise=0.5)
+    q, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    x2 = (3.0 * x @ q + rng.standard_normal(10) * 5).astype(np.float32)
+    base = float(k_svcca(x, y, 5))
+    assert abs(float(k_svcca(x2, y, 5)) - base) <= 1e-4
+    assert abs(float(k_svcca(y, x, 5)) - base) <= 1e-5  # symmetric
     a = rng.standard_normal((10, 10)) + 3 * np.eye(10)  # invertible, moderately conditioned
-    x2 = (x @ a + rng.standard_normal(10) * 5).astype(np.float32)
-    base = float(leading_mean_cca(x, y, 5))
-    assert abs(float(leading_mean_cca(x2, y, 5)) - base) <= 1e-4
-    assert abs(float(leading_mean_cca(y, x, 5)) - base) <= 1e-5  # symmetric
+    x3 = (x @ a).astype(np.float32)
+    assert abs(float(k_svcca(x3, y, 10)) - float(k_svcca(x, y, 10))) <= 1e-4
 
 
-def test_leading_mean_cca_jit_and_bad_inputs():
+def test_k_svcca_is_not_fooled_by_few_distinct_rows():
+    """A 1 x 1 map resized to s x s repeats each image's row; with fewer images than channels
+    a full CCA's leading correlations are ~1 for unrelated layers, K directions are not."""
+    rng = np.random.default_rng(9)
+    x = np.repeat(rng.standard_normal((150, 128)), 16, axis=0).astype(np.float32)
+    y = np.repeat(rng.standard_normal((150, 64)), 16, axis=0).astype(np.float32)
+    assert float(np.sort(np.asarray(cca(x, y)))[-20:].mean()) > 0.95
+    assert float(k_svcca(x, y, 20)) < 0.5
+
+
+def test_k_svcca_jit_and_bad_inputs():
     rng = np.random.default_rng(5)
     x, y = _planted(rng, 100, 6, 5, shared=2, noise=1.0)
-    jitted = jax.jit(lambda a, b: leading_mean_cca(a, b, 3))
-    assert abs(float(jitted(x, y)) - float(leading_mean_cca(x, y, 3))) <= 1e-6
+    jitted = jax.jit(lambda a, b: k_svcca(a, b, 3))
+    assert abs(float(jitted(x, y)) - float(k_svcca(x, y, 3))) <= 1e-6
     for bad_k in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="k must be a positive int"):
-            leading_mean_cca(x, y, bad_k)
+            k_svcca(x, y, bad_k)
     with pytest.raises(ValueError, match="n_features"):
-        leading_mean_cca(x[:5], y[:5], 3)
+        k_svcca(x[:5], y[:5], 3)
     with pytest.raises(ValueError, match="zero variance"):
-        leading_mean_cca(np.ones_like(x), y, 3)
+        k_svcca(np.ones_like(x), y, 3)
 
 
 def test_depth_matched_pairs():
@@ -155,7 +173,11 @@ def test_whole_path_matches_numpy_reference():
     assert out["pairs"] == pairs
     assert out["per_pair"].shape == (num_batches, 2)
     np.testing.assert_allclose(out["per_pair"], ref, atol=1e-4)
-    assert ref.min() > 0.3  # the shared latent survives resizing: not a test of noise
+    # The bases computed once per network give the same scores.
+    again = bases_similarity(layer_bases(rows_a, s * s, batch_examples, k, "a"),
+                             layer_bases(rows_b, s * s, batch_examples, k, "b"), pairs)
+    np.testing.assert_allclose(again["per_pair"], out["per_pair"], atol=1e-6)
+    assert ref.min() > 0.2  # the shared latent survives resizing: not a test of noise
 
     per_batch = ref.mean(axis=1)
     np.testing.assert_allclose(out["per_batch"], per_batch, atol=1e-4)
@@ -195,7 +217,7 @@ def test_batched_network_similarity_bad_inputs():
         batched_network_similarity({"a": x}, {"b": y}, [("a", "b")], 7, 1, 2)
     with pytest.raises(ValueError, match="'c' is not in rows_b"):
         batched_network_similarity({"a": x}, {"b": y}, [("a", "c")], **ok)
-    with pytest.raises(ValueError, match="different numbers of examples"):
+    with pytest.raises(ValueError, match="batches x rows differ"):
         batched_network_similarity({"a": x}, {"b": y[:80]}, [("a", "b")], **ok)
     with pytest.raises(ValueError, match="pairs is empty"):
         batched_network_similarity({"a": x}, {"b": y}, [], **ok)
@@ -203,5 +225,5 @@ def test_batched_network_similarity_bad_inputs():
         batched_network_similarity({"a": x}, {"b": y}, [("a", "b")], 4, 1, 2)
     dead = x.copy()
     dead[80:] = 1.0  # constant in the last batch only
-    with pytest.raises(ValueError, match=r"batch 2 \(x = rows_a.*zero variance"):
+    with pytest.raises(ValueError, match=r"rows_a\['a'\], batch 2: has zero variance"):
         batched_network_similarity({"a": dead}, {"b": y}, [("a", "b")], **ok)

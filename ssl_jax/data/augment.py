@@ -380,9 +380,12 @@ INSDIS = Preset("insdis", (ViewConfig(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0
 SUPERVISED = Preset("supervised", (ViewConfig(**_NO_COLOUR),))
 # Evaluation: centre crop of 0.875 of the shorter side, nothing random.
 EVAL = Preset("eval", (ViewConfig(crop="center", flip=False, **_NO_COLOUR),))
+# Dense targets (the task bank): the whole image, untouched, so pixel targets stay aligned.
+DENSE = Preset("dense", (ViewConfig(crop="center", center_crop_fraction=1.0, flip=False,
+                                    **_NO_COLOUR),))
 
 _PRESETS = {p.name: p for p in (SIMCLR_IMAGENET, SIMCLR_CIFAR, BYOL, MOCO_V2, INSDIS, SUPERVISED,
-                                EVAL)}
+                                EVAL, DENSE)}
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(ViewConfig))
 _SHORTCUTS = ("min_crop_scale", "jitter_strength", "blur")
 

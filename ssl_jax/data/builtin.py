@@ -275,6 +275,11 @@ class ShapesTextures(tfds.core.GeneratorBasedBuilder):
             name="dense64",
             description="dense32 at 64 px.",
             resolution=64, **_DENSE, seed=13),
+        ShapesTexturesConfig(
+            name="densetiny",
+            description="dense32's recipe at 1024/256/256: task-bank tests (builds in seconds).",
+            resolution=32, **dict(_DENSE, num_train=1024, num_test=256, num_cue_conflict=256),
+            seed=14),
     ]
 
     @tfds.core.utils.classproperty

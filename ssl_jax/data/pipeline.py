@@ -94,8 +94,8 @@ def pair_with_previous(ds: tf.data.Dataset, first: dict) -> tf.data.Dataset:
 def train_iterator(builder, split: str, global_batch_size: int, views: tuple, image_size: int,
                    seed: int, start_step: int = 0, cache: bool = True,
                    shuffle_buffer: int = 50_000, with_index: bool = False,
-                   copy_paste: "copy_paste_lib.CopyPaste | None" = None, threads: int = 0
-                   ) -> Iterator[dict[str, np.ndarray]]:
+                   copy_paste: "copy_paste_lib.CopyPaste | None" = None, threads: int = 0,
+                   extra_keys: tuple = ()) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's part of each global batch.
 
     views: one `augment.ViewConfig` per view (its host-side crop/flip fields are used here).
@@ -105,7 +105,9 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
     single-threaded (benchmarks/pipeline_throughput.py measures images/s per core this way);
     0 leaves tf.data's shared pool (all cores). The data are the same either way.
     Yields {"image": uint8 [b, V, S, S, 3], "label": int32 [b]}, b = global_batch_size /
-    process_count, plus "index": int32 [b] (`example_index`) with `with_index` (memory banks).
+    process_count, plus "index": int32 [b] (`example_index`) with `with_index` (memory banks),
+    plus each of `extra_keys` (dataset features such as dense targets, decoded, per example:
+    not cropped or flipped, so only whole-image views keep them aligned).
     """
     if threads < 0:
         raise ValueError(f"threads={threads} must be >= 0 (0: tf.data's shared thread pool)")
@@ -122,8 +124,8 @@ def train_iterator(builder, split: str, global_batch_size: int, views: tuple, im
                             read_config=tfds.ReadConfig(shuffle_seed=seed,
                                                         add_tfds_id=read_index))
     keys = ("image", "label") + (("index",) if read_index else ()) + (
-        ("mask",) if "mask" in needs else ())
-    out_keys = ("image", "label") + (("index",) if with_index else ())
+        ("mask",) if "mask" in needs else ()) + tuple(extra_keys)
+    out_keys = ("image", "label") + (("index",) if with_index else ()) + tuple(extra_keys)
     if read_index:
         offsets, _ = split_offsets(builder, split)
         ds = ds.map(lambda ex: {**ex, "index": example_index(ex["tfds_id"], offsets)})

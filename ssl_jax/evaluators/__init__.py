@@ -28,7 +28,7 @@ from ssl_jax.evaluators.inputs import (  # noqa: F401  (the evaluators' API)
     EvalData, EvalInputs, Network, data_of_run, load_network, network_of_run, open_data)
 
 EVALUATORS = ("knn", "linear_probe", "linear", "per_layer", "confusion", "retrieval",
-              "similarity", "attention")
+              "similarity", "attention", "task_quality")
 
 
 def get_evaluator(name: str):

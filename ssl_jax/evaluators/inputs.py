@@ -299,9 +299,10 @@ class EvalInputs:
 
     # --- batches and images ---
     def batches(self, split: str, what: str, limit: int | None = None,
-                batch_size: int | None = None) -> Iterator[dict]:
+                batch_size: int | None = None, extra_keys: tuple = ()) -> Iterator[dict]:
         """The eval iterator of `split` at the network's resolution and crop, with a progress
-        bar (sized for the first `limit` examples when the caller stops there)."""
+        bar (sized for the first `limit` examples when the caller stops there); `extra_keys`:
+        dataset features to add to each batch (e.g. dense targets)."""
         from tqdm import tqdm
 
         from ssl_jax.data import pipeline
@@ -310,7 +311,8 @@ class EvalInputs:
         batch_size = batch_size or network.batch_size
         n = min(pipeline.num_examples(data.builder, split), limit or float("inf"))
         it = pipeline.eval_iterator(data.builder, split, batch_size, network.image_size,
-                                    crop_fraction=network.crop_fraction)
+                                    crop_fraction=network.crop_fraction,
+                                    extra_keys=tuple(extra_keys))
         return tqdm(it, total=int(math.ceil(n / batch_size)), desc=f"{what} {split}",
                     disable=not self.progress)
 

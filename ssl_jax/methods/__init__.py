@@ -12,7 +12,7 @@ import importlib
 from ssl_jax.methods.base import Method
 
 METHODS = ("supervised", "simclr", "byol", "moco", "insdis", "rotation", "jigsaw", "counting",
-           "colorization")
+           "colorization", "task_bank")
 
 __all__ = ["METHODS", "Method", "get_method"]
 

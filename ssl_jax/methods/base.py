@@ -32,6 +32,10 @@ class Method(abc.ABC):
     # True: the pipeline adds each example's stable split position and `loss` gets it as
     # `index` [B] (memory banks).
     needs_index: bool = False
+    # Dataset features (beyond image and label) the pipeline must add to each batch; `loss`
+    # gets them as `targets` {name: [B, ...]} (the task bank's dense targets). The views are
+    # then the whole image: targets are not cropped or flipped with them.
+    target_keys: tuple = ()
     net: Any
 
     @abc.abstractmethod

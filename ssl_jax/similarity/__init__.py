@@ -5,8 +5,8 @@ See docs/SIMILARITY.md."""
 from ssl_jax.similarity.activations import capture, flatten_intermediates, to_examples
 from ssl_jax.similarity.alignment import mutual_knn, procrustes
 from ssl_jax.similarity.cca import cca, mean_cca, pwcca, svcca
-from ssl_jax.similarity.depth_matched import (batched_network_similarity, depth_matched_pairs,
-                                              leading_mean_cca)
+from ssl_jax.similarity.depth_matched import (bases_similarity, batched_network_similarity,
+                                              depth_matched_pairs, k_svcca, layer_bases)
 from ssl_jax.similarity.identification import (corresponding_layer_accuracy,
                                               corresponding_layer_hits)
 from ssl_jax.similarity.cka import double_centre, linear_cka, rbf_cka, u_centre
@@ -20,7 +20,8 @@ __all__ = [
     "capture", "flatten_intermediates", "to_examples",
     "mutual_knn", "procrustes",
     "cca", "mean_cca", "pwcca", "svcca",
-    "batched_network_similarity", "depth_matched_pairs", "leading_mean_cca",
+    "bases_similarity", "batched_network_similarity", "depth_matched_pairs", "k_svcca",
+    "layer_bases",
     "double_centre", "linear_cka", "rbf_cka", "u_centre",
     "corresponding_layer_accuracy", "corresponding_layer_hits",
     "MinibatchCKAState", "minibatch_cka", "minibatch_cka_init", "minibatch_cka_result",

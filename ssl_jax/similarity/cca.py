@@ -40,7 +40,7 @@ def _correlations(ux, mask_x, uy, mask_y, n_out: int) -> jax.Array:
 
 
 def _canonical(x, y, n_out: int):
-    """Traced core of `cca`, shared with depth_matched.leading_mean_cca: the `n_out` largest
+    """Traced core of `cca`: the `n_out` largest
     canonical correlations (zeros past the ranks), min(rank_x, rank_y) and the status vector."""
     ux, _, _, rx = _svd_basis(x)
     uy, _, _, ry = _svd_basis(y)

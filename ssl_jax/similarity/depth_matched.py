@@ -1,20 +1,29 @@
-"""Network-to-network similarity as mean CCA over depth-matched layers (Epstein et al., "What's
+"""Network-to-network similarity by CCA over depth-matched layers (Epstein et al., "What's
 missing from self-supervised representation learning?", section 3 and footnotes 1-2).
 
 The protocol: each compared layer's activations are resized to a common s x s grid per image
 and every (image, position) becomes a row with one column per channel
 (`activations.to_examples(a, "positions", s)`, so a layer is `[N * s * s, C]`, example-major);
-two layers are scored by the mean of their K leading canonical correlations (K = 20 in the
-paper); two networks by the average of that score over depth-matched pairs (conv i of an AlexNet
-with block i of a ResNet, i = 1..4); and the network score is reported as mean +- standard error
-over several batches of N images (paper: N = 120, 10 batches).
+two networks are scored by the average over depth-matched layer pairs (conv i of an AlexNet
+with block i of a ResNet, i = 1..4) and reported as mean +- standard error over several
+batches of N images (paper: N = 120, 10 batches).
 
-Averaging a fixed number K of leading correlations (the paper's choice; its reason is not given)
-keeps layers of different widths on one scale: the mean of all min(p, q) correlations (`mean_cca`)
-tends to fall as the narrower layer gets wider, each added direction adding a weaker correlation.
+Two layers are scored with K directions (the paper's K = 20; it combines SVCCA and PCA): each
+layer is reduced to its K leading principal directions (over the batch's rows), and the score
+is the mean canonical correlation of the two reduced layers (SVCCA with a fixed K rather than
+a variance fraction). Reducing first keeps the score meaningful when a layer has few distinct
+rows for its width: a ResNet's last block at 32 px is a 1 x 1 map, so a batch of 200 images
+gives 200 distinct rows for 128 channels, where the leading correlations of a full CCA come
+out near 1 whatever the networks. A fixed K also keeps layers of different widths on one
+scale: the mean of all min(p, q) correlations falls as the narrower layer widens.
+
+Each layer's basis is computed once per batch (`layer_bases`), then every pair of networks
+costs one small K x K SVD per layer pair and batch (`bases_similarity`):
+`batched_network_similarity` is the two steps for one pair of networks.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -23,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.similarity import _numerics as nm
-from ssl_jax.similarity.cca import _MESSAGES, _canonical, _checked
+from ssl_jax.similarity.cca import _MESSAGES, _checked, _correlations, _svd_basis
 
 
 def depth_matched_pairs(layers_a: Sequence[str], layers_b: Sequence[str],
@@ -51,44 +60,129 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _leading(x, y, k: int):
-    """Traced: (mean of the k leading correlations, status). See `leading_mean_cca`."""
-    rho, n_valid, status = _canonical(x, y, min(k, x.shape[1], y.shape[1]))
-    # rho is zero past min(rank_x, rank_y), so the sum covers min(k, rank) real correlations.
-    return jnp.sum(rho) / jnp.maximum(jnp.minimum(k, n_valid), 1), status
+def _basis(a, k: int):
+    """Traced: the orthonormal basis [n, k'] of a's k' = min(k, channels) leading principal
+    directions (columns past a's rank zeroed), their count within the rank, and the status
+    (finite, not constant)."""
+    u, _, _, in_rank = _svd_basis(a)
+    kk = min(k, a.shape[1])
+    mask = in_rank[:kk]
+    return u[:, :kk] * mask, jnp.sum(mask), jnp.stack([nm.finite(a), jnp.any(in_rank)])
 
 
-_leading_jit = jax.jit(_leading, static_argnums=2)
+def _basis_cca(ux, nx, uy, ny):
+    """Mean canonical correlation of two reduced layers from their bases: the sum of the
+    singular values of ux^T uy over min(rank_x, rank_y)."""
+    rho = _correlations(ux, 1.0, uy, 1.0, min(ux.shape[1], uy.shape[1]))
+    return jnp.sum(rho) / jnp.maximum(jnp.minimum(nx, ny), 1)
 
 
-def leading_mean_cca(x, y, k: int, allow_underdetermined: bool = False) -> jax.Array:
-    """Mean of the k largest canonical correlations of x `[n, p]` and y `[n, q]`, in [0, 1].
+def _k_svcca(x, y, k: int):
+    ux, nx, sx = _basis(x, k)
+    uy, ny, sy = _basis(y, k)
+    return _basis_cca(ux, nx, uy, ny), jnp.concatenate([sx, sy])
 
-    Exactly: sum of the top min(k, p, q) correlations of `cca.cca` divided by
-    min(k, rank_x, rank_y) (ranks of the centred inputs, as in `mean_cca`). Correlations past
-    min(rank_x, rank_y) are 0, so this is the mean over the k' = min(k, p, q, rank_x, rank_y)
-    leading correlations that exist; k >= min(p, q) on full-rank inputs gives `mean_cca`.
-    Same input checks as `cca` (features < examples unless `allow_underdetermined`; NaN/inf and
-    constant inputs raise outside jit). Jit-compatible with `k` static; under jit the value
-    checks are skipped and an all-constant input scores 0.
+
+_k_svcca_jit = jax.jit(_k_svcca, static_argnums=2)
+
+
+def k_svcca(x, y, k: int, allow_underdetermined: bool = False) -> jax.Array:
+    """Mean canonical correlation of x `[n, p]` and y `[n, q]` each reduced to its k leading
+    principal directions (k capped at the channels; directions past a layer's rank count as
+    absent: the mean is over min(k, rank_x, rank_y) correlations), in [0, 1]. With k >= p, q
+    it is `mean_cca`. Same input checks as `cca`; jit-compatible with `k` static (then the
+    value checks are skipped).
     """
     k = _positive_int(k, "k")
-    x, y = _checked(x, y, allow_underdetermined, "leading_mean_cca")
-    value, status = _leading_jit(x, y, k)
+    x, y = _checked(x, y, allow_underdetermined, "k_svcca")
+    value, status = _k_svcca_jit(x, y, k)
     if not nm.is_traced(x, y):
-        nm.raise_for_status(status, _MESSAGES)
+        nm.raise_for_status(status[jnp.array([0, 2, 1, 3])], _MESSAGES)
     return value
 
 
-def _leading_per_batch(x, y, k: int, num_batches: int):
-    """x `[B * R, p]`, y `[B * R, q]` -> (scores [B], status [B, 4]): one compile per shape,
-    batches run sequentially inside it (lax.map: vmap is no faster on CPU and holds B bases)."""
-    xb = x.reshape(num_batches, -1, x.shape[1])
-    yb = y.reshape(num_batches, -1, y.shape[1])
-    return jax.lax.map(lambda xy: _leading(xy[0], xy[1], k), (xb, yb))
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _bases_per_batch(a, k: int, num_batches: int):
+    """a `[B * R, p]` -> (bases [B, R, k'], ranks [B], status [B, 2]); batches run one after
+    another inside one compile (lax.map: vmap is no faster on CPU and holds B SVDs at once)."""
+    return jax.lax.map(lambda b: _basis(b, k), a.reshape(num_batches, -1, a.shape[1]))
 
 
-_leading_per_batch_jit = jax.jit(_leading_per_batch, static_argnums=(2, 3))
+@jax.jit
+def _scores_per_batch(ux, nx, uy, ny):
+    return jax.lax.map(lambda t: _basis_cca(*t), (ux, nx, uy, ny))
+
+
+def layer_bases(rows: Mapping[str, np.ndarray], positions: int, batch_examples: int, k: int,
+                name: str = "rows", allow_underdetermined: bool = False) -> dict:
+    """{layer: (bases [num_batches, batch_examples * positions, k'], ranks [num_batches])} of
+    one network's layers `rows` ({layer: `[n * positions, channels]`}, example-major, as
+    `capture(..., mode="positions", positions_size=s)` returns with positions = s * s): each
+    batch of `batch_examples` consecutive examples reduced to its k leading principal
+    directions. n must be divisible by batch_examples (ValueError otherwise: trim the inputs
+    rather than have a short last batch silently averaged in). Each batch must have more rows
+    than channels unless `allow_underdetermined`; a NaN or constant layer in any batch raises
+    ValueError naming it (`name` says whose rows in the messages)."""
+    positions = _positive_int(positions, "positions")
+    batch_examples = _positive_int(batch_examples, "batch_examples")
+    k = _positive_int(k, "k")
+    if not rows:
+        raise ValueError(f"{name} is empty; nothing to compare")
+    layers, n_examples = {}, {}
+    for layer in rows:
+        layers[layer], n_examples[layer] = _layer_rows(rows, layer, name, positions)
+    if len(set(n_examples.values())) > 1:
+        raise ValueError(f"{name}: layers hold different numbers of examples: {n_examples}")
+    n = next(iter(n_examples.values()))
+    if n % batch_examples:
+        raise ValueError(f"{n} examples are not divisible into batches of {batch_examples}; "
+                         f"trim the inputs to {n - n % batch_examples} examples")
+    num_batches, rows_per_batch = n // batch_examples, batch_examples * positions
+    for layer, a in layers.items():
+        nm.require_overdetermined(_batch_shape(a, rows_per_batch), _batch_shape(a, rows_per_batch),
+                                  allow_underdetermined, f"layer_bases {name}[{layer!r}]")
+    # Dispatch every layer before reading any status back.
+    results = {layer: _bases_per_batch(a, k, num_batches) for layer, a in layers.items()}
+    out = {}
+    for layer, (bases, ranks, status) in results.items():
+        status = np.asarray(status)
+        bad = np.flatnonzero(~status.all(axis=1))
+        if bad.size:
+            message = _MESSAGES[2 * int(np.flatnonzero(~status[bad[0]])[0])]
+            raise ValueError(f"{name}[{layer!r}], batch {bad[0]}: {message.replace('x ', '')}")
+        out[layer] = (bases, ranks)
+    return out
+
+
+def bases_similarity(bases_a: Mapping, bases_b: Mapping,
+                     pairs: Sequence[tuple[str, str]]) -> dict:
+    """Depth-matched similarity of two networks from their `layer_bases` (the same examples,
+    batches and positions on both sides).
+
+    Returns {"per_pair": np.ndarray [num_batches, len(pairs)] of the k-direction mean CCA
+    (`k_svcca`) per batch; "per_batch": its mean over pairs, [num_batches]; "mean": mean of
+    per_batch; "se": std(per_batch, ddof=1) / sqrt(num_batches), NaN for one batch;
+    "pairs": the pairs}."""
+    pairs = [tuple(pair) for pair in pairs]
+    if not pairs:
+        raise ValueError("pairs is empty; nothing to compare")
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"pairs must be (layer of a, layer of b) tuples, got {pairs}")
+    for la, lb in pairs:
+        for layer, bases, side in ((la, bases_a, "bases_a"), (lb, bases_b, "bases_b")):
+            if layer not in bases:
+                raise ValueError(f"layer {layer!r} is not in {side}; available: {sorted(bases)}")
+        if bases_a[la][0].shape[:2] != bases_b[lb][0].shape[:2]:
+            raise ValueError(f"pair ({la!r}, {lb!r}): batches x rows differ "
+                             f"({bases_a[la][0].shape[:2]} vs {bases_b[lb][0].shape[:2]}): "
+                             "the two networks must see the same examples and positions")
+    scores = [_scores_per_batch(*bases_a[la], *bases_b[lb]) for la, lb in pairs]
+    per_pair = np.stack([np.asarray(s) for s in scores], axis=1)
+    per_batch = per_pair.mean(axis=1)
+    num_batches = len(per_batch)
+    se = float(per_batch.std(ddof=1) / math.sqrt(num_batches)) if num_batches > 1 else math.nan
+    return {"per_pair": per_pair, "per_batch": per_batch, "mean": float(per_batch.mean()),
+            "se": se, "pairs": pairs}
 
 
 def _layer_rows(rows: Mapping, layer: str, side: str, positions: int) -> tuple[jax.Array, int]:
@@ -110,62 +204,19 @@ def batched_network_similarity(rows_a: Mapping[str, np.ndarray], rows_b: Mapping
                                pairs: Sequence[tuple[str, str]], positions: int,
                                batch_examples: int, k: int,
                                allow_underdetermined: bool = False) -> dict:
-    """Depth-matched network similarity, scored per batch of examples (Epstein et al.).
-
-    rows_a, rows_b: {layer: `[n * positions, channels]`} example-major, as returned by
-    `capture(..., mode="positions", positions_size=s)` (positions = s * s), the same n examples
-    in the same order on both sides. pairs: (layer of a, layer of b), e.g. from
-    `depth_matched_pairs`. The n examples are cut into n / batch_examples consecutive batches;
-    n must be divisible by batch_examples (ValueError otherwise: trim the inputs rather than
-    have a short last batch with a different variance silently averaged in).
-
-    Returns {"per_pair": np.ndarray [num_batches, len(pairs)] of leading_mean_cca(x_batch,
-    y_batch, k); "per_batch": its mean over pairs, [num_batches]; "mean": mean of per_batch;
-    "se": std(per_batch, ddof=1) / sqrt(num_batches), NaN for one batch; "pairs": the pairs}.
-    Each batch must be overdetermined (batch_examples * positions rows > channels) unless
-    `allow_underdetermined`; a NaN or constant layer in any batch raises ValueError naming it.
-    """
-    positions = _positive_int(positions, "positions")
-    batch_examples = _positive_int(batch_examples, "batch_examples")
-    k = _positive_int(k, "k")
+    """Depth-matched similarity of two networks, scored per batch of examples: `layer_bases`
+    of each side's layers named in `pairs`, then `bases_similarity` (see both). To compare
+    many networks, compute each one's `layer_bases` once instead."""
     pairs = [tuple(pair) for pair in pairs]
     if not pairs:
         raise ValueError("pairs is empty; nothing to compare")
-    if any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"pairs must be (layer of a, layer of b) tuples, got {pairs}")
-    # Validate every layer before computing anything.
-    layers, n_examples = [], {}
-    for la, lb in pairs:
-        x, n_x = _layer_rows(rows_a, la, "rows_a", positions)
-        y, n_y = _layer_rows(rows_b, lb, "rows_b", positions)
-        n_examples[f"rows_a[{la!r}]"], n_examples[f"rows_b[{lb!r}]"] = n_x, n_y
-        layers.append((x, y))
-    if len(set(n_examples.values())) > 1:
-        raise ValueError(f"layers hold different numbers of examples: {n_examples}")
-    n = next(iter(n_examples.values()))
-    if n % batch_examples:
-        raise ValueError(f"{n} examples are not divisible into batches of {batch_examples}; "
-                         f"trim the inputs to {n - n % batch_examples} examples")
-    num_batches = n // batch_examples
-    rows_per_batch = batch_examples * positions
-
-    for (la, lb), (x, y) in zip(pairs, layers):
-        nm.require_overdetermined(_batch_shape(x, rows_per_batch), _batch_shape(y, rows_per_batch),
-                                  allow_underdetermined,
-                                  f"batched_network_similarity pair ({la!r}, {lb!r})")
-    # Dispatch every pair before reading any result back, so the device never waits on the host.
-    results = [_leading_per_batch_jit(x, y, k, num_batches) for x, y in layers]
-    per_pair = []
-    for (la, lb), (scores, status) in zip(pairs, results):
-        status = np.asarray(status)
-        bad = np.flatnonzero(~status.all(axis=1))
-        if bad.size:
-            message = _MESSAGES[int(np.flatnonzero(~status[bad[0]])[0])]
-            raise ValueError(f"pair ({la!r}, {lb!r}), batch {bad[0]} (x = rows_a, y = rows_b): "
-                             f"{message}")
-        per_pair.append(np.asarray(scores))
-    per_pair = np.stack(per_pair, axis=1)
-    per_batch = per_pair.mean(axis=1)
-    se = float(per_batch.std(ddof=1) / math.sqrt(num_batches)) if num_batches > 1 else math.nan
-    return {"per_pair": per_pair, "per_batch": per_batch, "mean": float(per_batch.mean()),
-            "se": se, "pairs": pairs}
+    for (la, lb) in pairs:
+        for layer, rows, side in ((la, rows_a, "rows_a"), (lb, rows_b, "rows_b")):
+            if layer not in rows:
+                raise ValueError(f"layer {layer!r} is not in {side}; available: {sorted(rows)}")
+    sides = []
+    for rows, side, i in ((rows_a, "rows_a", 0), (rows_b, "rows_b", 1)):
+        wanted = {pair[i]: rows[pair[i]] for pair in pairs}
+        sides.append(layer_bases(wanted, positions, batch_examples, k, side,
+                                 allow_underdetermined))
+    return bases_similarity(*sides, pairs)
