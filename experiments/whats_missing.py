@@ -531,10 +531,12 @@ def findings(record: dict) -> list[str]:
         ranked = sorted(tasks, key=lambda t: cca[f"{sup} | {t}"]["mean"])
         bottom = ranked[:3]
         recon = {"autoencoding", "denoising"} & set(tasks)
+        verdict = ("Not tested (neither is in the bank)." if not recon else
+                   f"{'Holds' if recon <= set(ranked[:4]) else 'Does not hold'} here (both "
+                   "among the four least similar).")
         lines.append(f"- **{FAMILIES[family]}: least similar tasks to supervised**: "
                      f"{', '.join(bottom)}. 000: autoencoding and denoising least similar. "
-                     f"{'Holds' if recon and recon <= set(ranked[:4]) else 'Does not hold'} "
-                     f"here (both among the four least similar).")
+                     + verdict)
         sup_groups = group_means(record, sup)
         for name in ssl_networks(record, family):
             d = {g: v - sup_groups[g] for g, v in group_means(record, name).items()}
@@ -572,7 +574,7 @@ def report(record: dict) -> list[str]:
               "baseline (5 points for %, 1 dB for PSNR, 15% less error).", "",
               "## Similarity to each task (mean CCA +- standard error)", "",
               f"Depth-matched pairs (block / conv i with block i, i = 1..4); activations on "
-              f"{s['batches']} batches of {s['batch_examples']} dense32 test images resized to "
+              f"{s['batches']} batches of {s['batch_examples']} test images resized to "
               f"{s['positions']} x {s['positions']}, channels as dimensions, each layer reduced "
               f"to its {s['k']} leading principal directions, then the mean canonical "
               "correlation; the standard error is over the batches.", "",
