@@ -46,14 +46,14 @@ def test_losses_against_numpy():
     y = (rng.random((3, 8, 8, 1)) > 0.7).astype(np.float32)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    np.testing.assert_allclose(tb.task_loss("occlusion_edges", logits, {"y": y}, 12), bce,
+    np.testing.assert_allclose(tb.task_loss("occlusion_edges", logits, y, 12), bce,
                                rtol=1e-5)
     pred, target = rng.random((3, 8, 8, 3)), rng.random((3, 8, 8, 3))
-    np.testing.assert_allclose(tb.task_loss("autoencoding", pred, {"y": target}, 4),
+    np.testing.assert_allclose(tb.task_loss("autoencoding", pred, target, 4),
                                np.abs(pred - target).mean(), rtol=1e-5)
     m = np.zeros((8, 8))
     m[2:6, 2:6] = 1
-    np.testing.assert_allclose(tb.task_loss("inpainting", pred, {"y": target}, 4),
+    np.testing.assert_allclose(tb.task_loss("inpainting", pred, target, 4),
                                np.abs(pred - target)[:, m > 0].mean(), rtol=1e-5)
 
 
@@ -152,13 +152,25 @@ def test_every_head_kind_initialises_and_predicts(task):
     assert jnp.isfinite(pred).all()
 
 
+@pytest.fixture(scope="module")
+def dense_data_dir(tmp_path_factory):
+    """A TFDS data_dir with `shapes_textures/densetiny`, built once for this module."""
+    import tensorflow_datasets as tfds
+
+    import ssl_jax.data.builtin  # noqa: F401
+
+    path = str(tmp_path_factory.mktemp("tfds_dense"))
+    tfds.builder("shapes_textures/densetiny", data_dir=path).download_and_prepare()
+    return path
+
+
 @pytest.mark.parametrize("task", ["segment_fg", "denoising"])
-def test_trainer_runs_a_bank_task_and_scores_it(task, tmp_path):
+def test_trainer_runs_a_bank_task_and_scores_it(task, tmp_path, dense_data_dir):
     from configs import task_bank as config_file
     from ssl_jax import train
 
     c = config_file.get_config(f"smoke,task={task}")
-    c.dataset.data_dir = str(tmp_path / "tfds")
+    c.dataset.data_dir = dense_data_dir
     final = train.train(c, str(tmp_path / "run"))
     for key in ("task_score", "task_baseline", "task_gain"):
         assert np.isfinite(final[key])

@@ -6,8 +6,6 @@ margin over the baseline, positive when the network is better, in the metric's u
 """
 from __future__ import annotations
 
-import itertools
-
 import jax
 import numpy as np
 
@@ -37,8 +35,8 @@ def evaluate(inputs, settings, outdir: str | None = None) -> dict:
     def targets_of(batch):
         images = _valid(batch, "image").astype(np.float32) / 255.0
         extra = {k: _valid(batch, k) for k in keys}
-        t = task_bank.task_targets(task, images, _valid(batch, "label"), extra)
-        return images, {k: np.asarray(v) for k, v in t.items()}
+        return images, np.asarray(task_bank.task_targets(task, images, _valid(batch, "label"),
+                                                          extra))
 
     # The baseline: statistics of the training targets only.
     stats = tq.TargetStats(task, net.out_channels)
@@ -46,22 +44,22 @@ def evaluate(inputs, settings, outdir: str | None = None) -> dict:
     seen = 0
     for batch in inputs.batches(inputs.train_split, "baseline targets", limit=limit,
                                 extra_keys=keys):
-        _, t = targets_of(batch)
-        stats.update(t["y"])
-        seen += len(t["y"])
+        _, y = targets_of(batch)
+        stats.update(y)
+        seen += len(y)
         if limit and seen >= limit:
             break
 
     predict = jax.jit(lambda variables, x, rng: task_bank.predict(net, variables, x, rng))
     preds, inputs_seen, ys = [], [], []
-    for i, batch in zip(itertools.count(), inputs.batches(inputs.eval_split, "task predictions",
-                                                          extra_keys=keys)):
-        images, t = targets_of(batch)
+    for i, batch in enumerate(inputs.batches(inputs.eval_split, "task predictions",
+                                             extra_keys=keys)):
+        images, y = targets_of(batch)
         # A fixed key per batch: the denoising score is the same on every evaluation.
         pred, seen_x = predict(network.apply_variables, images, jax.random.key(i))
         preds.append(np.asarray(pred))
         inputs_seen.append(np.asarray(seen_x))
-        ys.append(t["y"])
+        ys.append(y)
     pred, y = np.concatenate(preds), np.concatenate(ys)
     hole = np.asarray(task_bank.hole_mask(network.image_size, net.hole))
 

@@ -119,34 +119,33 @@ def keypoint_heatmap(points: jax.Array, visible: jax.Array, size: int) -> jax.Ar
     return jnp.max(g, axis=1)[..., None]
 
 
-def task_targets(task: str, images: jax.Array, labels: jax.Array, targets: dict) -> dict:
-    """The training/evaluation targets of `task` as float32 / int32 arrays: {"y": target}."""
+def task_targets(task: str, images: jax.Array, labels: jax.Array, targets: dict) -> jax.Array:
+    """The training/evaluation target of `task`: float32 maps, or int32 classes."""
     if task == "class":
-        return {"y": labels}
+        return labels
     if task in ("segment_fg", "segment_class"):
         seg = targets["segmentation"][..., 0].astype(jnp.int32)
-        return {"y": (seg > 0).astype(jnp.float32)[..., None] if task == "segment_fg" else seg}
+        return (seg > 0).astype(jnp.float32)[..., None] if task == "segment_fg" else seg
     if task in ("occlusion_edges", "texture_edges"):
-        return {"y": (targets[task] > 0).astype(jnp.float32)}
+        return (targets[task] > 0).astype(jnp.float32)
     if task == "keypoints":
-        return {"y": keypoint_heatmap(targets["keypoints"], targets["keypoint_visible"],
-                                      images.shape[1])}
+        return keypoint_heatmap(targets["keypoints"], targets["keypoint_visible"],
+                                images.shape[1])
     if task == "distance":
-        return {"y": targets["depth"].astype(jnp.float32)}
+        return targets["depth"].astype(jnp.float32)
     if task == "z_depth":
-        return {"y": targets["height"].astype(jnp.float32)}
+        return targets["height"].astype(jnp.float32)
     if task in ("normals", "curvature"):
-        return {"y": targets[task].astype(jnp.float32)}
+        return targets[task].astype(jnp.float32)
     if task == "reshading":
-        return {"y": targets["reshading"].astype(jnp.float32) / 255.0}
-    return {"y": images}  # the reconstruction tasks: the clean image
+        return targets["reshading"].astype(jnp.float32) / 255.0
+    return images  # the reconstruction tasks: the clean image
 
 
-def task_loss(task: str, pred: jax.Array, target: dict, hole: int) -> jax.Array:
+def task_loss(task: str, pred: jax.Array, y: jax.Array, hole: int) -> jax.Array:
     """Cross-entropy for classes, masks and the keypoint heatmap, L1 for maps (robust to the
     sharp steps of depth and normals at the outline), squared error for curvature (mostly
     zero, its signal is in the peaks an L1 loss would give up on)."""
-    y = target["y"]
     if task in ("class", "segment_class"):
         return losses.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1), 0.0)
     if task in ("segment_fg", "occlusion_edges", "texture_edges", "keypoints"):
