@@ -134,7 +134,9 @@ def test_cropping_preset_is_refused():
         train.check_whole_image_views(augment.get_preset("supervised"), "task_bank")
 
 
-@pytest.mark.parametrize("task", ["class", "segment_class", "keypoints", "inpainting"])
+@pytest.mark.parametrize("task", ["class", "keypoints",
+                                  pytest.param("segment_class", marks=pytest.mark.slow),
+                                  pytest.param("inpainting", marks=pytest.mark.slow)])
 def test_every_head_kind_initialises_and_predicts(task):
     from configs import task_bank as config_file
 
@@ -164,7 +166,8 @@ def dense_data_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("task", ["segment_fg", "denoising"])
+@pytest.mark.parametrize("task", ["segment_fg",
+                                  pytest.param("denoising", marks=pytest.mark.slow)])
 def test_trainer_runs_a_bank_task_and_scores_it(task, tmp_path, dense_data_dir):
     from configs import task_bank as config_file
     from ssl_jax import train
