@@ -102,6 +102,10 @@ flags.DEFINE_integer("attention_examples", 500, "test images for attention",
                      flag_values=FLAGS)
 flags.DEFINE_integer("topk", 2, "top-k of the binarised confusions (000: 5 of 1000 classes)",
                      flag_values=FLAGS)
+flags.DEFINE_bool("report_only", False,
+                  "re-render OUTDIR's report and figures from its whats_missing.json, with "
+                  "each bank network's scores re-read from its run directory (no compute)",
+                  flag_values=FLAGS)
 flags.DEFINE_enum("variant", "quickstart", ["quickstart", "smoke"],
                   "config variant of every run (smoke: a few steps on tiny data, a check)",
                   flag_values=FLAGS)
@@ -242,15 +246,20 @@ def readout(network, data, num_classes: int):
 
 
 def grad_cams(network, head, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, str]:
-    """Grad-CAM [N, h, w] of the true class at the last conv layer with a map of at least 4 x 4
-    (at the layer's own resolution), and the layer."""
+    """Grad-CAM [N, h, w] of the true class at the deepest depth-matched layer (block_layers)
+    whose map is at least 4 x 4 (at the layer's own resolution), and the layer. (Not the
+    tapped layers at large: AlexNet's pool5 at 64 px is 1 x 1, a constant map.)"""
     import jax
 
     from ssl_jax.evaluation import attention as A
-    from ssl_jax.evaluation.attention_report import last_conv_layer
+    from ssl_jax.similarity.activations import flatten_intermediates
 
     x = at_size(images, network.image_size)
-    layer = last_conv_layer(network.module, network.apply_variables, x[:2])
+    _, state = jax.eval_shape(lambda v, xi: network.module.apply(
+        v, xi, train=False, mutable=["intermediates"]), network.apply_variables, x[:2])
+    shapes = {k: a.shape for k, a in flatten_intermediates(state["intermediates"]).items()}
+    wide = [name for name in block_layers(network) if min(shapes[name][1:3]) >= 4]
+    layer = wide[-1] if wide else block_layers(network)[0]
     cam = jax.jit(lambda v, xi, t, h: A.grad_cam(network.module, v, xi, layer, t, h,
                                                  upsample=False))
     maps = [np.asarray(cam(network.apply_variables, x[i:i + 250], labels[i:i + 250], head))
@@ -281,8 +290,34 @@ def clearly_better(task: str, score: float, baseline: float) -> bool:
     return score - baseline >= (1.0 if unit == "dB" else 5.0)
 
 
+def write_report(outdir: str, record: dict) -> None:
+    with open(os.path.join(outdir, "whats_missing.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    figures(outdir, record)
+    lines = report(record)
+    with open(os.path.join(outdir, "whats_missing.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def rerender(outdir: str) -> None:
+    """--report_only: the saved record with every bank network's scores re-read from its run
+    directory (e.g. after a bank network was retrained in place), then report and figures."""
+    path = os.path.join(outdir, "whats_missing.json")
+    if not os.path.exists(path):
+        raise errors.UserError(f"--report_only: no {path}; run the experiment first")
+    with open(path) as f:
+        record = json.load(f)
+    for entry in record["bank"].values():
+        with open(os.path.join(entry["dir"], "final_metrics.json")) as f:
+            entry.update({k: v for k, v in json.load(f).items() if k.startswith("task_")})
+    write_report(outdir, record)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.report_only:
+        return rerender(args.outdir)
     tasks, names = check_names(args)  # before the heavy imports: a bad flag fails in a second
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -412,13 +447,7 @@ def main(argv=None):
                                                          "attention_examples", "bank_steps")},
               "grad_cam_layers": layers_used, "confusions": confusions,
               "attention": jsonable(attention), "timings": timings}
-    with open(os.path.join(args.outdir, "whats_missing.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    figures(args.outdir, record)
-    lines = report(record)
-    with open(os.path.join(args.outdir, "whats_missing.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.outdir, record)
 
 
 def jsonable(tree):
@@ -532,8 +561,8 @@ def findings(record: dict) -> list[str]:
         bottom = ranked[:3]
         recon = {"autoencoding", "denoising"} & set(tasks)
         verdict = ("Not tested (neither is in the bank)." if not recon else
-                   f"{'Holds' if recon <= set(ranked[:4]) else 'Does not hold'} here (both "
-                   "among the four least similar).")
+                   f"{'Holds' if recon <= set(ranked[:4]) else 'Does not hold'} here (the "
+                   "test: both among the four least similar).")
         lines.append(f"- **{FAMILIES[family]}: least similar tasks to supervised**: "
                      f"{', '.join(bottom)}. 000: autoencoding and denoising least similar. "
                      + verdict)

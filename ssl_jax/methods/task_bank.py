@@ -40,6 +40,8 @@ class Task:
     channels: int         # the decoder's output channels
     pooled: bool = False  # predicted from the pooled features, not decoded to a map
     corruption: str = ""  # what the encoder sees instead of the image: noise, hole, grey
+    # The decoder predicts a correction added to the encoder's input, not the whole image.
+    residual: bool = False
 
 
 TASKS = {
@@ -57,7 +59,10 @@ TASKS = {
     "autoencoding": Task("reconstruction", (), 3),
     "denoising": Task("reconstruction", (), 3, corruption="noise"),
     "inpainting": Task("reconstruction", (), 3, corruption="hole"),
-    "colorization": Task("reconstruction", (), 3, corruption="grey"),
+    # Colour added to the grey input (Zhang et al. predict ab and keep the input's L): the
+    # 1 x 1 code carries the colours, the input the detail. Predicting the whole image lost to
+    # the grey input itself (13.6 vs 14.5 dB at 600 steps).
+    "colorization": Task("reconstruction", (), 3, corruption="grey", residual=True),
 }
 GROUPS = ("semantic", "2D", "3D", "reconstruction")
 
@@ -202,7 +207,8 @@ class TaskNet(nn.Module):
         # output pixels): no convolution at full resolution, a third of the decoder's cost.
         y = Conv(4 * self.out_channels, (3, 3), padding=1, name="decoder_out",
                  dtype=jnp.float32)(y)
-        return h, depth_to_space(y, 2)
+        y = depth_to_space(y, 2)
+        return h, (x + y if get_task(self.task).residual else y)
 
 
 def depth_to_space(x: jax.Array, block: int) -> jax.Array:
