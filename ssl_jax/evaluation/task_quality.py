@@ -4,8 +4,8 @@ baseline (numpy; ssl_jax/methods/task_bank.py defines the tasks).
 A bank network is only worth comparing with if it learned its task, so every task has one
 held-out score and a baseline that knows the training targets but not the image:
 - the training set's per-pixel mean map (regression; for normals, renormalised), its per-pixel
-  majority class (segmentation), its per-pixel frequency as the score (edges), its majority
-  class (classification), each keypoint's mean position;
+  majority class (segmentation), its per-pixel frequency as the score (edges and the keypoint
+  heatmap), its majority class (classification);
 - for denoising and colorization also the corrupted input itself, whichever of the two
   baselines scores better.
 """

@@ -26,6 +26,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from ssl_jax import losses
 from ssl_jax.methods import base
@@ -154,18 +155,13 @@ def task_loss(task: str, pred: jax.Array, y: jax.Array, hole: int) -> jax.Array:
     if task in ("class", "segment_class"):
         return losses.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1), 0.0)
     if task in ("segment_fg", "occlusion_edges", "texture_edges", "keypoints"):
-        return jnp.mean(sigmoid_bce(pred, y))
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(pred, y))
     if task == "curvature":
         return jnp.mean((pred - y) ** 2)
     if task == "inpainting":
         m = hole_mask(pred.shape[1], hole)[None, :, :, None]
         return jnp.sum(m * jnp.abs(pred - y)) / (jnp.sum(m) * pred.shape[0] * pred.shape[-1])
     return jnp.mean(jnp.abs(pred - y))
-
-
-def sigmoid_bce(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-element binary cross-entropy of logits (log-sum-exp form, stable for any logit)."""
-    return jnp.maximum(logits, 0) - logits * y + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 class TaskNet(nn.Module):
