@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              f"{a.variant!r}")
         c.dataset.name = "shapes_textures/dense32"
         c.batch_size = 128
-        c.num_steps = 800
+        c.num_steps = 1500
         # The baseline is a mean map or a majority: 2000 images pin it down.
         c.evals.task_quality.baseline_examples = 2000
     return apply_run_args(c, a)

@@ -50,11 +50,21 @@ def test_losses_against_numpy():
                                rtol=1e-5)
     pred, target = rng.random((3, 8, 8, 3)), rng.random((3, 8, 8, 3))
     np.testing.assert_allclose(tb.task_loss("autoencoding", pred, target, 4),
-                               np.abs(pred - target).mean(), rtol=1e-5)
+                               ((pred - target) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(tb.task_loss("reshading", pred[..., :1], target[..., :1], 4),
+                               np.abs(pred - target)[..., 0].mean(), rtol=1e-5)
     m = np.zeros((8, 8))
     m[2:6, 2:6] = 1
     np.testing.assert_allclose(tb.task_loss("inpainting", pred, target, 4),
-                               np.abs(pred - target)[:, m > 0].mean(), rtol=1e-5)
+                               ((pred - target) ** 2)[:, m > 0].mean(), rtol=1e-5)
+    # Normals: 1 - cos of the angle between the prediction (any length) and the unit target.
+    normals = rng.normal(size=(3, 8, 8, 3))
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    raw = 2.5 * rng.normal(size=(3, 8, 8, 3))
+    cos = np.sum(raw * normals, -1) / np.linalg.norm(raw, axis=-1)
+    np.testing.assert_allclose(tb.task_loss("normals", raw.astype(np.float32),
+                                            normals.astype(np.float32), 4),
+                               np.mean(1 - cos), rtol=1e-4)
 
 
 def test_average_precision_matches_sklearn_with_ties():
@@ -89,12 +99,39 @@ def test_baselines_are_the_training_statistics():
     stats = tq.TargetStats("class", 3)
     stats.update(labels[:40])
     stats.update(labels[40:])
-    pred = tq.baseline_prediction("class", stats, 7)
+    preds = tq.baseline_predictions("class", stats, 7)
+    assert set(preds) == {"mean"}
+    pred = preds["mean"]
     assert pred.shape == (7, 3) and (np.argmax(pred, -1) == np.bincount(labels).argmax()).all()
     maps = rng.random((10, 4, 4, 1))
     stats = tq.TargetStats("distance", 1)
-    stats.update(maps)
-    np.testing.assert_allclose(tq.baseline_prediction("distance", stats, 2)[1], maps.mean(0))
+    stats.update(maps[:4])
+    stats.update(maps[4:])
+    preds = tq.baseline_predictions("distance", stats, 2)
+    np.testing.assert_allclose(preds["mean"][1], maps.mean(0))
+    np.testing.assert_allclose(preds["median"][1], np.median(maps, 0))
+    normals = rng.normal(size=(9, 2, 2, 3))
+    stats = tq.TargetStats("normals", 3)
+    stats.update(normals)
+    preds = tq.baseline_predictions("normals", stats, 1)
+    median = np.median(normals, 0)
+    np.testing.assert_allclose(preds["median"][0],
+                               median / np.linalg.norm(median, axis=-1, keepdims=True))
+
+
+def test_median_baseline_wins_on_mostly_flat_normals():
+    """A map that is flat (0, 0, 1) at a pixel in most images: the per-pixel median answers
+    "flat" and beats the renormalised mean, which tilts towards the minority."""
+    rng = np.random.default_rng(0)
+    n = np.zeros((200, 3, 3, 3))
+    n[..., 2] = 1.0
+    tilted = rng.random((200, 3, 3)) < 0.3
+    n[tilted] = [0.6, 0.0, 0.8]
+    stats = tq.TargetStats("normals", 3)
+    stats.update(n[:100])
+    preds = tq.baseline_predictions("normals", stats, 100)
+    assert (tq.score("normals", preds["median"], n[100:])
+            < tq.score("normals", preds["mean"], n[100:]))
 
 
 def test_keypoint_heatmap_against_a_loop():
@@ -134,7 +171,7 @@ def test_cropping_preset_is_refused():
         train.check_whole_image_views(augment.get_preset("supervised"), "task_bank")
 
 
-@pytest.mark.parametrize("task", ["class", "keypoints",
+@pytest.mark.parametrize("task", ["class", "scene", "keypoints",
                                   pytest.param("segment_class", marks=pytest.mark.slow),
                                   pytest.param("inpainting", marks=pytest.mark.slow)])
 def test_every_head_kind_initialises_and_predicts(task):
@@ -145,7 +182,7 @@ def test_every_head_kind_initialises_and_predicts(task):
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
     params, state = method.init(jax.random.key(1), x)
     pred, seen = tb.predict(method.net, {"params": params, **state}, x, jax.random.key(2))
-    want = {"class": (2, 10), "segment_class": (2, 32, 32, 11), "keypoints": (2, 32, 32, 1),
+    want = {"class": (2, 10), "scene": (2, 4), "segment_class": (2, 32, 32, 11), "keypoints": (2, 32, 32, 1),
             "inpainting": (2, 32, 32, 3)}[task]
     assert pred.shape == want
     assert (np.asarray(seen) != np.asarray(x)).any() == (task == "inpainting")
@@ -167,6 +204,7 @@ def dense_data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("task", ["segment_fg",
+                                  pytest.param("scene", marks=pytest.mark.slow),
                                   pytest.param("denoising", marks=pytest.mark.slow)])
 def test_trainer_runs_a_bank_task_and_scores_it(task, tmp_path, dense_data_dir):
     from configs import task_bank as config_file

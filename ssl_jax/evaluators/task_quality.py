@@ -67,11 +67,12 @@ def evaluate(inputs, settings, outdir: str | None = None) -> dict:
         return tq.score(task, p, y, hole)
 
     model = scored(pred)
-    baseline = scored(tq.baseline_prediction(task, stats, len(y)))
+    baselines = {k: scored(p) for k, p in tq.baseline_predictions(task, stats, len(y)).items()}
     if task_bank.get_task(task).corruption in ("noise", "grey"):
-        # Returning the corrupted input is a trivial answer too; the better baseline counts.
-        baseline = max(baseline, scored(np.concatenate(inputs_seen)))
+        # Returning the corrupted input is a trivial answer too.
+        baselines["input"] = scored(np.concatenate(inputs_seen))
     higher = tq.METRICS[task][2]
+    baseline = (max if higher else min)(baselines.values())  # the strongest baseline counts
     return {"task_score": model, "task_baseline": baseline,
             "task_gain": model - baseline if higher else baseline - model}
 
