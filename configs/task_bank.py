@@ -5,8 +5,9 @@ One network of the task bank (ssl_jax/methods/task_bank.py): the quickstart's en
 `shapes_textures/dense32`, whole images (no crop or flip: the targets are not cropped), AdamW
 with cosine decay. At the end, the `task_quality` evaluator scores the task on the test split
 against its trivial baseline.
-Tasks: class, segment_fg, segment_class, occlusion_edges, texture_edges, keypoints, distance,
-z_depth, normals, curvature, reshading, autoencoding, denoising, inpainting, colorization.
+Tasks: class, scene, segment_fg, segment_class, occlusion_edges, texture_edges, keypoints,
+distance, z_depth, normals, curvature, reshading, autoencoding, denoising, inpainting,
+colorization.
 Variants: smoke (densetiny, a few steps), quickstart (dense32, `steps` optimizer steps).
 Args: `configs/task_bank.py:VARIANT[,task=T,steps=N,width=W]`; any field with --config.KEY.
 """
