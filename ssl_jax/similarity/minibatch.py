@@ -1,8 +1,9 @@
 """Minibatch CKA for every layer pair of two models at once (Nguyen et al. 2021).
 
-Per minibatch of b examples: the Gram of every layer is U-centred, flattened to b^2 and stacked
-into G_x [L1, b^2] and G_y [L2, b^2]; one matrix product G_x G_y^T / (b (b-3)) gives the
-unbiased HSIC_1 of every pair. The estimates are *summed* over batches and CKA is formed once,
+Per minibatch of b examples: the Gram of every layer is flattened to b^2 and stacked into
+G_x [b^2, L1] and G_y [b^2, L2]; one matrix product G_x^T G_y, plus corrections from each Gram's
+diagonal and row sums, gives the unbiased HSIC_1 of every pair (Song et al.'s formula, equal to
+the inner product of the U-centred Grams without forming them). The estimates are *summed* over batches and CKA is formed once,
 as a ratio of sums:
 
     CKA_ij = sum_b HSIC_1(K_i, L_j) / sqrt(sum_b HSIC_1(K_i, K_i) * sum_b HSIC_1(L_j, L_j)).
@@ -22,7 +23,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ssl_jax.similarity import _numerics as nm
-from ssl_jax.similarity.cka import u_centre
 
 Layers = Union[Sequence[jax.Array], Mapping[str, jax.Array]]
 
@@ -68,37 +68,63 @@ def _check_batch(layers: list, name: str) -> int:
     return b
 
 
-def _stacked_u_grams(layers, spec) -> tuple[jax.Array, jax.Array]:
-    """([L, b * b] U-centred linear Gram of every layer, flattened; [L] bool non-constant)."""
-    grams, varied = [], []
+def _gram_terms(layers, spec) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """What HSIC_1 needs of each layer's linear Gram K (features mean-centred):
+    ([b * b, L] every K flattened, one column per layer; [L, b] diag(K); [L, b] the row sums
+    of K with its diagonal removed; [L] bool non-constant)."""
+    grams, diags, row_sums, varied = [], [], [], []
     for a in layers:
         a = a.astype(nm.compute_dtype())
-        # U-centring ignores feature means anyway; removing them first keeps Gram entries small
-        # (float32 ReLU outputs with large means would otherwise cancel) and lets a constant
-        # layer be told apart from rounding noise.
+        # The HSIC_1 estimate ignores feature means anyway; removing them first keeps Gram
+        # entries small (float32 ReLU outputs with large means would otherwise cancel) and
+        # lets a constant layer be told apart from rounding noise.
         mean = jnp.mean(a, axis=0)
         ac = a - mean
         k = nm.mm(ac, ac.T)
+        if spec is not None:  # keep each device's rows of the Gram local; no all-gather of G
+            k = jax.lax.with_sharding_constraint(k, spec)
+        d = jnp.diagonal(k)
         # trace(K_c) = ||a_c||^2 and ||a||^2 = ||a_c||^2 + b ||mean||^2: no extra pass over `a`.
-        centred_sq = jnp.trace(k)
+        centred_sq = jnp.sum(d)
         tol = (64 * jnp.finfo(a.dtype).eps) ** 2
         varied.append(centred_sq > tol * (centred_sq + a.shape[0] * jnp.sum(mean * mean)))
-        g = u_centre(k)
-        if spec is not None:  # keep each device's rows of the Gram local; no all-gather of G
-            g = jax.lax.with_sharding_constraint(g, spec)
-        grams.append(g.reshape(-1))
-    return jnp.stack(grams), jnp.stack(varied)
+        grams.append(k.reshape(-1))
+        diags.append(d)
+        row_sums.append(jnp.sum(k, axis=1) - d)
+    # Columns, not rows: XLA:CPU's product of two tall [b * b, L] matrices ran ~1.6x faster
+    # than that of two wide [L, b * b] ones.
+    return jnp.stack(grams, axis=1), jnp.stack(diags), jnp.stack(row_sums), jnp.stack(varied)
+
+
+def _hsic_numerators(gx, dx, sx, gy, dy, sy, b: int) -> jax.Array:
+    """[L1, L2] b (b - 3) HSIC_1(K_i, L_j) (Song et al. 2012) from `_gram_terms`, with K~, L~
+    the Grams with zeroed diagonals:
+        tr(K~ L~) + (1' K~ 1)(1' L~ 1) / ((b-1)(b-2)) - 2 / (b-2) 1' K~ L~ 1,
+    tr(K~ L~) = <K, L> - <diag K, diag L> and K~ 1 = the row sums without the diagonal. The
+    one large product, <K_i, L_j> for all pairs, is a single GEMM over the b^2 entries; the
+    rest are [L, b] products. Equal to <U(K), U(L)> (U-centring) without forming U(K)."""
+    trace = nm.mm(gx.T, gy) - nm.mm(dx, dy.T)
+    totals = jnp.sum(sx, axis=1)[:, None] * jnp.sum(sy, axis=1)[None, :]
+    return trace + totals / ((b - 1.0) * (b - 2.0)) - 2.0 / (b - 2.0) * nm.mm(sx, sy.T)
+
+
+def _self_hsic_numerators(g, d, s, b: int) -> jax.Array:
+    """[L] the diagonal of `_hsic_numerators` of a model with itself, without the [L, L]
+    products."""
+    return (jnp.sum(g * g, axis=0) - jnp.sum(d * d, axis=1)
+            + jnp.sum(s, axis=1) ** 2 / ((b - 1.0) * (b - 2.0))
+            - 2.0 / (b - 2.0) * jnp.sum(s * s, axis=1))
 
 
 @functools.partial(jax.jit, static_argnames=("same_model", "spec"))
 def _update(state: MinibatchCKAState, xs, ys, same_model: bool, spec):
     b = xs[0].shape[0]
     scale = 1.0 / (b * (b - 3.0))
-    gx, varied_x = _stacked_u_grams(xs, spec)
-    gy, varied_y = (gx, varied_x) if same_model else _stacked_u_grams(ys, spec)
-    cross = nm.mm(gx, gy.T) * scale  # the single GEMM that serves all L1 x L2 pairs
-    self_x = jnp.sum(gx * gx, axis=1) * scale
-    self_y = self_x if same_model else jnp.sum(gy * gy, axis=1) * scale
+    gx, dx, sx, varied_x = _gram_terms(xs, spec)
+    gy, dy, sy, varied_y = (gx, dx, sx, varied_x) if same_model else _gram_terms(ys, spec)
+    cross = _hsic_numerators(gx, dx, sx, gy, dy, sy, b) * scale  # all L1 x L2 pairs at once
+    self_x = _self_hsic_numerators(gx, dx, sx, b) * scale
+    self_y = self_x if same_model else _self_hsic_numerators(gy, dy, sy, b) * scale
     # NaN/inf activations reach every Gram entry of their layer, hence these sums; checked in
     # minibatch_cka_result instead of a separate pass over the activations.
     return MinibatchCKAState(state.cross + cross, state.self_x + self_x, state.self_y + self_y,
