@@ -1,10 +1,10 @@
 """Minibatch CKA for every layer pair of two models at once (Nguyen et al. 2021).
 
 Per minibatch of b examples: the Gram of every layer is flattened to b^2 and stacked into
-G_x [b^2, L1] and G_y [b^2, L2]; one matrix product G_x^T G_y, plus corrections from each Gram's
-diagonal and row sums, gives the unbiased HSIC_1 of every pair (Song et al.'s formula, equal to
-the inner product of the U-centred Grams without forming them). The estimates are *summed* over batches and CKA is formed once,
-as a ratio of sums:
+G_x [b^2, L1] and G_y [b^2, L2]; one matrix product G_x^T G_y, plus corrections from each
+Gram's diagonal and row sums, gives the unbiased HSIC_1 of every pair (Song et al.'s formula,
+equal to the inner product of the U-centred Grams without forming them). The estimates are
+*summed* over batches and CKA is formed once, as a ratio of sums:
 
     CKA_ij = sum_b HSIC_1(K_i, L_j) / sqrt(sum_b HSIC_1(K_i, K_i) * sum_b HSIC_1(L_j, L_j)).
 
