@@ -1,44 +1,51 @@
-"""`Conv`: flax's nn.Conv, with a workaround for slow weight gradients on XLA:CPU.
+"""`Conv`: flax's nn.Conv, computed on XLA:CPU in whichever of a few equivalent forms is fastest
+for its shape.
 
 Every model in ssl_jax builds its convolutions from this class. Parameters, names and results
-are nn.Conv's, bit for bit; only the code XLA:CPU generates changes.
+are nn.Conv's (bit for bit in the "library" form, to float32 rounding in the others); only the
+code XLA:CPU generates changes. On GPU and TPU every convolution is plain
+`lax.conv_general_dilated`. `cpu_form()` names the form a convolution takes on CPU; the
+measurements behind each choice are in docs/BENCHMARKS.md and docs/MODELS.md.
 
-Why: XLA:CPU (jaxlib 0.10.2) hands the weight-gradient convolution to Eigen with the input's
-channels as the batch dimension, so it first copies the input activation into the layout
-[C, H, W, N]. The input is usually relu(batchnorm(...)) of the previous layer. XLA fuses that
-elementwise math into the copy, recomputing it in transposed order. A fused copy with broadcasts
-falls back to a scalar loop: ~3-4x slower than a plain transpose of a stored array (0.15-0.19
-vs 0.05 s for [256, 32, 32, 64] f32). In the SimCLR ResNet-18 benchmark these copies took
-~2.9 s of a ~8 s step (docs/BENCHMARKS.md, "Where the step's time goes").
+The forms, in the order `cpu_form()` tries them (only for plain 2-D NHWC/HWIO convolutions:
+undilated, ungrouped; anything else is "general", the unchanged library call):
+- "pointwise": an unpadded 1x1 convolution (a ResNet shortcut) is one matrix multiply of the
+  positions it samples, [N * OH * OW, C] @ [C, F].
+- "dense_map": when the input map is no larger than the kernel window (2x2 or 1x1 maps under a
+  3x3 kernel: the last stages of a ResNet on 32 px images), the whole layer is one linear map
+  from the flattened input to the flattened output. That map is built from the kernel by a
+  constant 0/1 tap selector, and the convolution becomes [N, H*W*C] @ [H*W*C, OH*OW*F]: fewer
+  multiplies than the convolution itself, in one large product instead of many tiny ones.
+- "patches": when the output map has at most SMALL_MAP_POSITIONS positions, one multiply of the
+  [N * OH * OW, kh * kw * C] patch matrix ("im2col") with the kernel reshaped to
+  [kh * kw * C, F]. Eigen's convolutions are several times slower than that on such maps; from
+  4x4 outputs up they are the faster ones.
+- "space_to_depth": a strided convolution of an image (at most 4 channels: the strided stem).
+  With 3 input channels Eigen's kernels use the vector units poorly, so the forward pass
+  regroups every stride x stride block of pixels into channels and runs a stride-1 convolution
+  with 4x the channels and a kernel of ceil(k / stride) taps per side. The backward pass is the
+  plain convolution's (a custom VJP), which is the faster of the two there.
+- "library": everything else, `lax.conv_general_dilated` with its input stored first (below).
 
-The fix: route the input through a `lax.cond` that returns it unchanged. XLA does not fuse
-across a conditional, so the activation is stored once and the copy reads the stored array.
-Two details matter:
-- the predicate must be unknown at compile time, or XLA folds the cond away. It is computed
-  from one kernel element; both branches return the same values, so it never matters.
-- the branches must differ as written, or XLA removes the cond. `t * 1.0` is the same value
-  as `t` (x * 1.0 == x for every float, -0.0 and NaN included).
-`lax.optimization_barrier` would be the natural tool. But XLA:CPU expands barriers before
-fusion, so they do not stop it.
-
-On GPU and TPU, the conditional would cost a device-to-host sync per layer and fused transposes
-are fast there, so the workaround applies only when JAX's default backend is the CPU.
-
-A second CPU workaround, for convolutions with few output positions (the last stages of a
-ResNet on 32 px images: 2x2 and 1x1 maps): XLA:CPU's Eigen and YNNPACK convolutions are slow
-there. A 3x3 convolution of [512, 2, 2, 64] took ~25 ms forward and backward, ~7x the 3.7 ms of
-the same product written as a matrix multiply over its input patches ("im2col"), while at 4x4
-maps and larger the library convolution is the faster one (docs/BENCHMARKS.md, "The main job's
-network"). So when an output map has at most SMALL_MAP_POSITIONS positions, the convolution is
-computed as one dot of the [N * positions, kh * kw * C] patch matrix with the kernel reshaped
-to [kh * kw * C, F]. It is the same sum of products in another order: results agree to float32
-rounding (tests/test_models.py checks values and both gradients against nn.Conv).
+Why the library form stores its input: XLA:CPU (jaxlib 0.10.2) hands the weight-gradient
+convolution to Eigen with the input's channels as the batch dimension, so it first copies the
+input activation into the layout [C, H, W, N]. The input is usually relu(batchnorm(...)) of the
+previous layer, and XLA fuses that elementwise math into the copy, recomputing it in transposed
+order. A fused copy with broadcasts falls back to a scalar loop: ~3-4x slower than a plain
+transpose of a stored array (0.15-0.19 vs 0.05 s for [256, 32, 32, 64] f32). The fix routes the
+input through a `lax.cond` that returns it unchanged: XLA does not fuse across a conditional, so
+the activation is stored once. The predicate is computed from one kernel element, so XLA cannot
+fold it away; both branches return the same values (`t * 1.0` is `t` for every float, -0.0 and
+NaN included) but differ as written, so XLA cannot merge them. `lax.optimization_barrier` would
+be the natural tool, but XLA:CPU expands barriers before fusion, so they do not stop it.
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -50,33 +57,103 @@ def _stored(x: jnp.ndarray, witness: jnp.ndarray) -> jnp.ndarray:
 
 # Output maps with at most this many positions (2x2) are convolved as patches @ kernel on CPU.
 SMALL_MAP_POSITIONS = 4
+# Images with at most this many channels take the space-to-depth forward when strided.
+SPACE_TO_DEPTH_MAX_CHANNELS = 4
 
 # The layout nn.Conv passes for 2-D inputs: NHWC input and output, HWIO kernel.
 _NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+Pads = list[tuple[int, int]]
 
 
 def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
     return (size + pads[0] + pads[1] - kernel) // stride + 1
 
 
-def _small_map_pads(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Any, padding: Any,
-                    lhs_dilation: Any = None, rhs_dilation: Any = None,
-                    dimension_numbers: Any = None, feature_group_count: int = 1,
-                    **unused: Any) -> list[tuple[int, int]] | None:
-    """The explicit spatial pads when this convolution takes the patch-matrix path, else None:
-    a plain (undilated, ungrouped) 2-D NHWC/HWIO convolution whose output map is small."""
+def _plain_pads(lhs: Any, rhs: Any, window_strides: Any, padding: Any,
+                lhs_dilation: Any = None, rhs_dilation: Any = None,
+                dimension_numbers: Any = None, feature_group_count: int = 1,
+                batch_group_count: int = 1, preferred_element_type: Any = None,
+                **unused: Any) -> Pads | None:
+    """The explicit spatial pads of a plain (undilated, ungrouped) 2-D NHWC/HWIO convolution,
+    or None for any other convolution."""
     if (lhs.ndim != 4 or dimension_numbers != _NHWC_HWIO or feature_group_count != 1
-            or any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))):
+            or batch_group_count != 1 or preferred_element_type is not None
+            or any(d != 1 for d in (lhs_dilation or ()))
+            or any(d != 1 for d in (rhs_dilation or ()))):
         return None
-    kernel = rhs.shape[:2]
-    pads = (lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
-            if isinstance(padding, str) else [tuple(p) for p in padding])
-    out = [_output_size(lhs.shape[1 + i], kernel[i], window_strides[i], pads[i]) for i in (0, 1)]
-    return pads if out[0] * out[1] <= SMALL_MAP_POSITIONS else None
+    if isinstance(padding, str):
+        return lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return [tuple(p) for p in padding]
 
 
-def _patch_matrix_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, strides: Any,
-                       pads: list[tuple[int, int]], precision: Any = None) -> jnp.ndarray:
+def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: Any) -> str:
+    """The form this convolution takes on CPU (see the module docstring); lhs and rhs need only
+    .shape and .ndim, the other arguments are lax.conv_general_dilated's."""
+    pads = _plain_pads(lhs, rhs, window_strides, padding, **kwargs)
+    if pads is None:
+        return "general"
+    (kh, kw, channels, _), (h, w) = rhs.shape, lhs.shape[1:3]
+    out = [_output_size((h, w)[i], (kh, kw)[i], window_strides[i], pads[i]) for i in (0, 1)]
+    if (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
+        return "pointwise"
+    if h * w <= kh * kw:
+        return "dense_map"
+    if out[0] * out[1] <= SMALL_MAP_POSITIONS:
+        return "patches"
+    if (channels <= SPACE_TO_DEPTH_MAX_CHANNELS and window_strides[0] == window_strides[1] > 1
+            and min(kh, kw) > window_strides[0]):
+        return "space_to_depth"
+    return "library"
+
+
+def _library_conv(lhs, rhs, strides, pads, precision):
+    return lax.conv_general_dilated(_stored(lhs, rhs), rhs, strides, pads,
+                                    dimension_numbers=_NHWC_HWIO, precision=precision)
+
+
+def _pointwise_conv(lhs, rhs, strides, pads, precision):
+    """An unpadded 1x1 convolution as [N * OH * OW, C] @ [C, F] over the sampled positions,
+    stored first so that the weight gradient's product reads a plain array."""
+    sampled = _stored(lhs[:, ::strides[0], ::strides[1], :], rhs)
+    n, oh, ow, c = sampled.shape
+    out = jnp.dot(sampled.reshape(n * oh * ow, c), rhs.reshape(c, -1), precision=precision)
+    return out.reshape(n, oh, ow, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_selector(in_hw: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                  pads: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """[kh, kw, H * W, OH * OW] 0/1: entry (i, j, p, q) is 1 when kernel tap (i, j) of output
+    position q reads input position p (taps that read padding select nothing)."""
+    (h, w), (kh, kw) = in_hw, kernel
+    oh, ow = (_output_size(in_hw[d], kernel[d], strides[d], pads[d]) for d in (0, 1))
+    selector = np.zeros((kh, kw, h * w, oh * ow), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            for y in range(oh):
+                for x in range(ow):
+                    row, col = y * strides[0] + i - pads[0][0], x * strides[1] + j - pads[1][0]
+                    if 0 <= row < h and 0 <= col < w:
+                        selector[i, j, row * w + col, y * ow + x] = 1.0
+    return selector
+
+
+def _dense_map_conv(lhs, rhs, strides, pads, precision):
+    """The convolution as its whole linear map: [N, H*W*C] @ [H*W*C, OH*OW*F]. Each entry of the
+    map is one kernel element or zero (no tap is counted twice), so building it is exact."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, features = rhs.shape
+    selector = _tap_selector((h, w), (kh, kw), tuple(strides), tuple(map(tuple, pads)))
+    oh, ow = (_output_size((h, w)[d], (kh, kw)[d], strides[d], pads[d]) for d in (0, 1))
+    linear_map = jnp.einsum("ijpq,ijcf->pcqf", selector.astype(rhs.dtype), rhs,
+                            precision=lax.Precision.HIGHEST)
+    out = jnp.dot(lhs.reshape(n, h * w * c), linear_map.reshape(h * w * c, oh * ow * features),
+                  precision=precision)
+    return out.reshape(n, oh, ow, features)
+
+
+def _patch_matrix_conv(lhs, rhs, strides, pads, precision):
     """The convolution as [N*oh*ow, kh*kw*C] patches @ [kh*kw*C, F] (HWIO kernel order)."""
     n, h, w, c = lhs.shape
     kh, kw, _, features = rhs.shape
@@ -91,18 +168,68 @@ def _patch_matrix_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, strides: Any,
     return out.reshape(n, oh, ow, features)
 
 
+def _space_to_depth_forward(lhs, rhs, stride, pads, precision):
+    """Stride-s convolution = stride-1 convolution of the s x s pixel blocks (as channels) with
+    the kernel zero-extended to a multiple of s taps and regrouped the same way."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, features = rhs.shape
+    oh, ow = (_output_size((h, w)[d], (kh, kw)[d], stride, pads[d]) for d in (0, 1))
+    bh, bw = -(-kh // stride), -(-kw // stride)  # kernel size in blocks
+    # Pad so the input covers (out + blocks - 1) whole blocks per side; the extra rows and
+    # columns meet only the kernel's zero extension
+    # (lax.pad: a negative high pad drops trailing rows that no output reads.)
+    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                     ((0, 0, 0), (pads[0][0], (oh + bh - 1) * stride - h - pads[0][0], 0),
+                      (pads[1][0], (ow + bw - 1) * stride - w - pads[1][0], 0), (0, 0, 0)))
+    blocks = padded.reshape(n, oh + bh - 1, stride, ow + bw - 1, stride, c)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, oh + bh - 1, ow + bw - 1, -1)
+    kernel = jnp.pad(rhs, ((0, bh * stride - kh), (0, bw * stride - kw), (0, 0), (0, 0)))
+    kernel = kernel.reshape(bh, stride, bw, stride, c, features).transpose(0, 2, 1, 3, 4, 5)
+    kernel = kernel.reshape(bh, bw, stride * stride * c, features)
+    return lax.conv_general_dilated(blocks, kernel, (1, 1), "VALID",
+                                    dimension_numbers=_NHWC_HWIO, precision=precision)
+
+
+def _space_to_depth_conv(lhs, rhs, strides, pads, precision):
+    """The space-to-depth forward with the library convolution's backward pass."""
+    library = functools.partial(_library_conv, strides=strides, pads=pads, precision=precision)
+
+    @jax.custom_vjp
+    def conv(x, k):
+        return _space_to_depth_forward(x, k, strides[0], pads, precision)
+
+    def forward(x, k):
+        return conv(x, k), (x, k)
+
+    def backward(residuals, grad):
+        return jax.vjp(library, *residuals)[1](grad)
+
+    conv.defvjp(forward, backward)
+    return conv(lhs, rhs)
+
+
+_PLAIN_FORMS = {
+    "pointwise": _pointwise_conv,
+    "dense_map": _dense_map_conv,
+    "patches": _patch_matrix_conv,
+    "space_to_depth": _space_to_depth_conv,
+    "library": _library_conv,
+}
+
+
 def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Any, padding: Any,
                          **kwargs: Any) -> jnp.ndarray:
-    """lax.conv_general_dilated; on CPU, small output maps are computed as one matrix multiply
-    and otherwise the input is stored first (see the module docstring)."""
-    if jax.default_backend() == "cpu":
-        pads = _small_map_pads(lhs, rhs, window_strides, padding, **kwargs)
-        if pads is not None:
-            return _patch_matrix_conv(lhs, rhs, window_strides, pads, kwargs.get("precision"))
-        lhs = _stored(lhs, rhs)
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    """lax.conv_general_dilated; on CPU in the form `cpu_form` picks (module docstring)."""
+    if jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    form = cpu_form(lhs, rhs, window_strides, padding, **kwargs)
+    if form == "general":
+        return lax.conv_general_dilated(_stored(lhs, rhs), rhs, window_strides, padding,
+                                        **kwargs)
+    pads = _plain_pads(lhs, rhs, window_strides, padding, **kwargs)
+    return _PLAIN_FORMS[form](lhs, rhs, tuple(window_strides), pads, kwargs.get("precision"))
 
 
 class Conv(nn.Conv):
-    """nn.Conv, with the CPU weight-gradient workaround of this module."""
+    """nn.Conv, in the CPU forms of this module."""
     conv_general_dilated: Any = conv_general_dilated
