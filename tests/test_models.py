@@ -380,13 +380,13 @@ def test_plain10_rejects_resnet_only_options():
 
 
 def test_cpu_conv_equals_flax_conv_bitwise_and_stores_its_input():
-    """models.conv.Conv: nn.Conv's parameters, outputs and gradients bit for bit; on CPU its
-    input goes through a conditional (the stored-input workaround of ssl_jax/models/conv.py)."""
+    """models.conv.Conv in its "library" form: nn.Conv's parameters, outputs and gradients bit
+    for bit; on CPU its input goes through a conditional (the stored-input workaround of ssl_jax/models/conv.py)."""
     from ssl_jax.models.conv import Conv
 
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(4, 9, 9, 5)), jnp.float32)
-    scale = jnp.asarray(rng.uniform(0.5, 1.5, 5), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(4, 9, 9, 20)), jnp.float32)  # "library" form
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, 20), jnp.float32)
     ours = Conv(6, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False)
     flax_conv = nn.Conv(6, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False)
     abstract = jax.eval_shape(flax_conv.init, KEY, x)
@@ -422,7 +422,12 @@ def test_cpu_conv_equals_flax_conv_bitwise_and_stores_its_input():
     ("space_to_depth", 16, 3, 7, 2, "SAME"),            # the stem with SAME pads (2, 3)
     ("space_to_depth", 9, 3, 4, 2, "VALID"),            # kernel a multiple of the stride
     ("space_to_depth", 19, 3, 11, 4, ((2, 2), (2, 2))),  # the AlexNet stem
+    ("phase_split", 8, 5, 3, 2, ((1, 1), (1, 1))),      # a ResNet's stride-2 entry
+    ("phase_split", 9, 5, 3, 2, "SAME"),                 # odd input, SAME pads (1, 1)
+    ("phase_split", 10, 5, 3, 2, "SAME"),                # even input, SAME pads (0, 1)
+    ("phase_split", 11, 5, 4, 3, ((2, 0), (1, 2))),      # uneven pads, stride 3
     ("library", 8, 5, 3, 1, ((1, 1), (1, 1))),
+    ("library", 8, 17, 3, 2, ((1, 1), (1, 1))),          # strided, too many channels to split
     ("general", 8, 5, 3, 1, ((1, 1), (1, 1))),     # depthwise: the plain library call
 ])
 def test_cpu_conv_forms_equal_flax_conv(form, in_size, channels, kernel, strides, padding):
@@ -459,6 +464,8 @@ def test_cpu_conv_forms_equal_flax_conv(form, in_size, channels, kernel, strides
         if label == "ours" and form == "space_to_depth":
             blocks = -(-kernel // strides)  # a stride-1 window of ceil(k / s) blocks
             assert re.search(rf"convolution\(.*window={{size={blocks}x{blocks}}},", hlo), hlo
+        if form == "phase_split":  # flax's input gradient dilates the output gradient
+            assert ("lhs_dilate" in hlo) == (label == "flax"), label
     assert jax.tree.structure(results["ours"]) == jax.tree.structure(results["flax"])
     for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
