@@ -14,9 +14,11 @@ each group timed once:
   CPU device.
 - torch: `F.conv2d` with channels-last tensors (torch's faster CPU layout for these sizes).
 Four passes each: the forward, the input gradient, the weight gradient, and all three in one
-call (what a train step needs). Medians over `reps` runs after one warm-up call; the last
-column weights each group by how often it occurs, so the totals are the step's convolution
-time per side. `--threads 1` under `taskset -c 0` shows which passes use a second core.
+call (what a train step needs). Medians over `reps` runs after one warm-up call. The last
+column is what one step spends on the group: "all" times how often it occurs, except for the
+stem, whose input is the images: a step needs no gradient there, so it counts forward +
+weight gradient (`fwd+dw`, timed as one call). The totals are the step's convolution time
+per side. `--threads 1` under `taskset -c 0` shows which passes use a second core.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ flags.DEFINE_integer("threads", 0, "torch's threads; 1 also keeps XLA's Eigen co
                      "one thread (0: all cores)", flag_values=FLAGS)
 
 Geometry = collections.namedtuple("Geometry", "shape kernel strides padding features")
-PASSES = ("fwd", "dx", "dw", "all")
+PASSES = ("fwd", "dx", "dw", "all", "fwd+dw")
 
 
 def model_convolutions(width: float, stem: str, images: int, size: int) -> collections.Counter:
@@ -110,6 +112,7 @@ def time_jax(geometry: Geometry, reps: int) -> tuple[str, dict]:
         "dx": jax.jit(lambda p, x, g: vjp(p, x, g, 1)),
         "dw": jax.jit(lambda p, x, g: vjp(p, x, g, 0)),
         "all": jax.jit(lambda p, x, g: (conv.apply(p, x), vjp(p, x, g, slice(None)))),
+        "fwd+dw": jax.jit(lambda p, x, g: (conv.apply(p, x), vjp(p, x, g, 0))),
     }
     args = {"fwd": (params, x)}
     return form, {name: _median_ms(lambda: jax.block_until_ready(
@@ -149,9 +152,12 @@ def time_torch(geometry: Geometry, reps: int) -> dict:
     def backward(inputs):
         return lambda: torch.autograd.grad(conv(x, weight), inputs, grad)
 
-    return {"fwd": _median_ms(forward, reps), "dx": _median_ms(backward([x]), reps),
-            "dw": _median_ms(backward([weight]), reps),
-            "all": _median_ms(backward([x, weight]), reps)}
+    times = {"fwd": _median_ms(forward, reps), "dx": _median_ms(backward([x]), reps),
+             "dw": _median_ms(backward([weight]), reps),
+             "all": _median_ms(backward([x, weight]), reps)}
+    x.requires_grad_(False)  # the images: autograd computes no input gradient
+    times["fwd+dw"] = _median_ms(backward([weight]), reps)
+    return times
 
 
 def describe(geometry: Geometry) -> str:
@@ -175,22 +181,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     geometries = model_convolutions(args.width, args.stem, args.images, args.size)
     header = (f"{'convolution':<28} {'count':>5} {'form':<15} "
               + " ".join(f"{p:>6}" for p in PASSES) + " | "
-              + " ".join(f"{p:>6}" for p in PASSES) + " | weighted all")
+              + " ".join(f"{p:>6}" for p in PASSES) + " | per step")
     print(f"ResNet-18 width {args.width}, {args.stem} stem, {args.images} images of "
           f"{args.size} px; ms per call, JAX | torch channels-last")
     print(header)
-    for geometry, count in geometries.items():
+    for index, (geometry, count) in enumerate(geometries.items()):
         form, jax_ms = time_jax(geometry, args.reps)
         torch_ms = time_torch(geometry, args.reps)
-        rows.append(dict(convolution=describe(geometry), count=count, form=form, jax_ms=jax_ms,
-                         torch_ms=torch_ms))
+        step_pass = "fwd+dw" if index == 0 else "all"  # the stem (called first) sees images
+        row = dict(convolution=describe(geometry), count=count, form=form, jax_ms=jax_ms,
+                   torch_ms=torch_ms, step_ms={"jax": count * jax_ms[step_pass],
+                                               "torch": count * torch_ms[step_pass]})
+        rows.append(row)
         print(f"{describe(geometry):<28} {count:>5} {form:<15} "
               + " ".join(f"{jax_ms[p]:6.1f}" for p in PASSES) + " | "
               + " ".join(f"{torch_ms[p]:6.1f}" for p in PASSES)
-              + f" | {count * jax_ms['all']:7.1f} {count * torch_ms['all']:7.1f}", flush=True)
-    jax_total = sum(r["count"] * r["jax_ms"]["all"] for r in rows)
-    torch_total = sum(r["count"] * r["torch_ms"]["all"] for r in rows)
-    print(f"total, forward + both gradients of every convolution: JAX {jax_total:.1f} ms, "
+              + f" | {row['step_ms']['jax']:7.1f} {row['step_ms']['torch']:7.1f}", flush=True)
+    jax_total = sum(r["step_ms"]["jax"] for r in rows)
+    torch_total = sum(r["step_ms"]["torch"] for r in rows)
+    print(f"total per step (what a train step computes of every convolution): JAX "
+          f"{jax_total:.1f} ms, "
           f"torch {torch_total:.1f} ms (JAX / torch time {jax_total / torch_total:.2f})")
     return rows
 

@@ -12,6 +12,8 @@ def test_strided_width_quarter_rows_and_forms():
     rows = conv_geometry.main(["--images", "2", "--reps", "1", "--width", "0.25",
                                "--stem", "strided"])
     assert sum(r["count"] for r in rows) == 20
+    stem = rows[0]  # needs no input gradient: its step time is forward + weight gradient
+    assert stem["step_ms"]["jax"] == stem["jax_ms"]["fwd+dw"]
     forms = {r["convolution"]: (r["count"], r["form"]) for r in rows}
     assert forms == {
         "32x32x3 -> 16, 7x7/2": (1, "space_to_depth"),
@@ -30,6 +32,7 @@ def test_strided_width_quarter_rows_and_forms():
         for side in ("jax_ms", "torch_ms"):
             assert set(r[side]) == set(conv_geometry.PASSES)
             assert all(math.isfinite(v) and v > 0 for v in r[side].values()), r
+        assert set(r["step_ms"]) == {"jax", "torch"}
 
 
 def test_bad_flag_is_one_line_error():
