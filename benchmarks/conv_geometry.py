@@ -64,8 +64,10 @@ def model_convolutions(width: float, stem: str, images: int, size: int) -> colle
         if isinstance(module, Conv) and context.method_name == "__call__":
             padding = module.padding if isinstance(module.padding, str) else tuple(
                 tuple(p) for p in module.padding)
-            found[Geometry(tuple(args[0].shape), tuple(module.kernel_size),
-                           tuple(module.strides or (1, 1)), padding, module.features)] += 1
+            strides = module.strides or 1  # flax takes an int for every dimension too
+            strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+            found[Geometry(tuple(args[0].shape), tuple(module.kernel_size), strides, padding,
+                           module.features)] += 1
         return next_fun(*args, **kwargs)
 
     x = jax.ShapeDtypeStruct((images, size, size, 3), jnp.float32)

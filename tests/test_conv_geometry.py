@@ -35,6 +35,14 @@ def test_strided_width_quarter_rows_and_forms():
         assert set(r["step_ms"]) == {"jax", "torch"}
 
 
+@pytest.mark.slow  # ~20 s
+def test_cifar_stem_rows():
+    rows = conv_geometry.main(["--images", "2", "--reps", "1", "--stem", "cifar"])
+    assert sum(r["count"] for r in rows) == 20
+    assert (rows[0]["convolution"], rows[0]["form"]) == ("32x32x3 -> 16, 3x3/1", "library")
+    assert rows[0]["step_ms"]["torch"] == rows[0]["torch_ms"]["fwd+dw"]
+
+
 def test_bad_flag_is_one_line_error():
     with pytest.raises(Exception, match="--images"):
         conv_geometry.main(["--images", "0"])
