@@ -92,7 +92,7 @@ def time_jax(geometry: Geometry, reps: int) -> tuple[str, dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from ssl_jax.models.conv import Conv, cpu_form
+    from ssl_jax.models.conv import NHWC_HWIO, Conv, cpu_form
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=geometry.shape), jnp.float32)
@@ -104,7 +104,7 @@ def time_jax(geometry: Geometry, reps: int) -> tuple[str, dict]:
     kernel = params["params"]["kernel"]
     form = cpu_form(x, kernel, geometry.strides, geometry.padding if isinstance(
         geometry.padding, str) else list(geometry.padding),
-        dimension_numbers=jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)))
+        dimension_numbers=NHWC_HWIO)
 
     def vjp(p, x, g, wrt):
         return jax.vjp(lambda p, x: conv.apply(p, x), p, x)[1](g)[wrt]

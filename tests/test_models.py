@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from jax import lax
 
 from ssl_jax import models
 from ssl_jax.models import (LinearClassifier, MLPHead, ProjectionMLP, ProjectionMLPv2,
@@ -435,7 +434,7 @@ def test_cpu_conv_forms_equal_flax_conv(form, in_size, channels, kernel, strides
     and both gradients equal nn.Conv's to float32 rounding, and the compiled step shows the
     form was taken (no convolution op left for the matrix-multiply forms; a convolution over
     stride^2 x channels for space-to-depth)."""
-    from ssl_jax.models.conv import Conv, cpu_form
+    from ssl_jax.models.conv import NHWC_HWIO, Conv, cpu_form
 
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(6, in_size, in_size, channels)), jnp.float32)
@@ -447,8 +446,7 @@ def test_cpu_conv_forms_equal_flax_conv(form, in_size, channels, kernel, strides
     kernel_array = params["params"]["kernel"]
     pads = padding if isinstance(padding, str) else list(padding)
     assert cpu_form(x, kernel_array, (strides, strides), pads,
-                    dimension_numbers=lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1),
-                                                               (0, 3, 1, 2)),
+                    dimension_numbers=NHWC_HWIO,
                     feature_group_count=groups) == form
 
     def loss(module, p, x):

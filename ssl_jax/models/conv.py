@@ -70,7 +70,7 @@ SPACE_TO_DEPTH_MAX_CHANNELS = 4
 PHASE_SPLIT_MAX_CHANNELS = 16
 
 # The layout nn.Conv passes for 2-D inputs: NHWC input and output, HWIO kernel.
-_NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 Pads = list[tuple[int, int]]
 
@@ -86,7 +86,7 @@ def _plain_pads(lhs: Any, rhs: Any, window_strides: Any, padding: Any,
                 **unused: Any) -> Pads | None:
     """The explicit spatial pads of a plain (undilated, ungrouped) 2-D NHWC/HWIO convolution,
     or None for any other convolution."""
-    if (lhs.ndim != 4 or dimension_numbers != _NHWC_HWIO or feature_group_count != 1
+    if (lhs.ndim != 4 or dimension_numbers != NHWC_HWIO or feature_group_count != 1
             or batch_group_count != 1 or preferred_element_type is not None
             or any(d != 1 for d in (lhs_dilation or ()))
             or any(d != 1 for d in (rhs_dilation or ()))):
@@ -120,7 +120,7 @@ def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: An
 
 def _library_conv(lhs, rhs, strides, pads, precision):
     return lax.conv_general_dilated(_stored(lhs, rhs), rhs, strides, pads,
-                                    dimension_numbers=_NHWC_HWIO, precision=precision)
+                                    dimension_numbers=NHWC_HWIO, precision=precision)
 
 
 def _pointwise_conv(lhs, rhs, strides, pads, precision):
@@ -179,6 +179,16 @@ def _patch_matrix_conv(lhs, rhs, strides, pads, precision):
     return out.reshape(n, oh, ow, features)
 
 
+def _kernel_in_blocks(rhs, strides):
+    """The HWIO kernel zero-extended to a multiple of the stride per side, as
+    [blocks_h, stride_h, blocks_w, stride_w, C, F]: tap (j * s + b) is block j, phase b."""
+    kh, kw, c, features = rhs.shape
+    (sh, sw) = strides
+    bh, bw = -(-kh // sh), -(-kw // sw)
+    kernel = jnp.pad(rhs, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
+    return kernel.reshape(bh, sh, bw, sw, c, features)
+
+
 def _space_to_depth_forward(lhs, rhs, stride, pads, precision):
     """Stride-s convolution = stride-1 convolution of the s x s pixel blocks (as channels) with
     the kernel zero-extended to a multiple of s taps and regrouped the same way."""
@@ -194,11 +204,10 @@ def _space_to_depth_forward(lhs, rhs, stride, pads, precision):
                       (pads[1][0], (ow + bw - 1) * stride - w - pads[1][0], 0), (0, 0, 0)))
     blocks = padded.reshape(n, oh + bh - 1, stride, ow + bw - 1, stride, c)
     blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, oh + bh - 1, ow + bw - 1, -1)
-    kernel = jnp.pad(rhs, ((0, bh * stride - kh), (0, bw * stride - kw), (0, 0), (0, 0)))
-    kernel = kernel.reshape(bh, stride, bw, stride, c, features).transpose(0, 2, 1, 3, 4, 5)
+    kernel = _kernel_in_blocks(rhs, (stride, stride)).transpose(0, 2, 1, 3, 4, 5)
     kernel = kernel.reshape(bh, bw, stride * stride * c, features)
     return lax.conv_general_dilated(blocks, kernel, (1, 1), "VALID",
-                                    dimension_numbers=_NHWC_HWIO, precision=precision)
+                                    dimension_numbers=NHWC_HWIO, precision=precision)
 
 
 def _space_to_depth_conv(lhs, rhs, strides, pads, precision):
@@ -228,13 +237,12 @@ def _phase_split_input_grad(grad, rhs, in_hw, strides, pads, precision):
     (sh, sw), (h, w) = strides, in_hw
     bh, bw = -(-kh // sh), -(-kw // sw)  # kernel size in blocks
     rows, cols = -(-(pads[0][0] + h) // sh), -(-(pads[1][0] + w) // sw)  # blocks to write
-    kernel = jnp.pad(rhs, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
-    kernel = kernel.reshape(bh, sh, bw, sw, c, features)[::-1, :, ::-1]
+    kernel = _kernel_in_blocks(rhs, strides)[::-1, :, ::-1]
     kernel = kernel.transpose(0, 2, 5, 1, 3, 4).reshape(bh, bw, features, sh * sw * c)
     grad = lax.pad(grad, jnp.zeros((), grad.dtype),
                    ((0, 0, 0), (bh - 1, rows - oh, 0), (bw - 1, cols - ow, 0), (0, 0, 0)))
     phases = lax.conv_general_dilated(grad, kernel, (1, 1), "VALID",
-                                      dimension_numbers=_NHWC_HWIO, precision=precision)
+                                      dimension_numbers=NHWC_HWIO, precision=precision)
     padded = phases.reshape(n, rows, cols, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
     padded = padded.reshape(n, rows * sh, cols * sw, c)
     return padded[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w]
