@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/conv_geometry.py --width 0.25 --stem strided --images 512
     .venv/bin/python benchmarks/conv_geometry.py --width 0.25 --stem cifar --images 256
     taskset -c 0 .venv/bin/python benchmarks/conv_geometry.py --threads 1   # one core
+    .venv/bin/python benchmarks/conv_geometry.py --stem cifar --images 256 --kernel_grad_chunk_mib 0
 
 The step benchmark (simclr_throughput.py) says how fast a whole step is; this says which
 convolutions make the difference. The model's convolutions are collected by intercepting its
@@ -40,6 +41,9 @@ flags.DEFINE_integer("images", 512, "images through the network per step (2 x ba
                      flag_values=FLAGS)
 flags.DEFINE_integer("size", 32, "image side in pixels", flag_values=FLAGS)
 flags.DEFINE_integer("reps", 7, "timed calls per pass", flag_values=FLAGS)
+flags.DEFINE_float("kernel_grad_chunk_mib", 2.0, "the library form's weight-gradient chunk "
+                   "(ssl_jax.models.conv.KERNEL_GRAD_CHUNK_BYTES) in MiB; 0: the whole batch "
+                   "at once", flag_values=FLAGS)
 flags.DEFINE_integer("threads", 0, "torch's threads; 1 also keeps XLA's Eigen convolutions on "
                      "one thread (0: all cores)", flag_values=FLAGS)
 
@@ -172,20 +176,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = errors.parse_script_flags(FLAGS, argv, doc=__doc__)
     if min(args.images, args.size, args.reps) < 1:
         raise errors.UserError("--images, --size and --reps must be >= 1")
+    if args.kernel_grad_chunk_mib < 0:
+        raise errors.UserError("--kernel_grad_chunk_mib must be >= 0 (0: no chunks)")
     if args.threads == 1:  # Eigen's convolutions on the calling thread only
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
     xla_flags.configure_cpu()
     import torch
     torch.set_num_threads(args.threads or os.cpu_count())
+    from ssl_jax.models import conv
+    module_chunk = conv.KERNEL_GRAD_CHUNK_BYTES  # restored after: tests call main() in-process
+    conv.KERNEL_GRAD_CHUNK_BYTES = (int(args.kernel_grad_chunk_mib * 2**20)
+                                    if args.kernel_grad_chunk_mib else 2**62)
+    try:
+        return time_convolutions(args)
+    finally:
+        conv.KERNEL_GRAD_CHUNK_BYTES = module_chunk
 
+
+def time_convolutions(args) -> list[dict]:
+    """Time every geometry of the model on both sides, print the table, return its rows."""
     rows = []
     geometries = model_convolutions(args.width, args.stem, args.images, args.size)
     header = (f"{'convolution':<28} {'count':>5} {'form':<15} "
               + " ".join(f"{p:>6}" for p in PASSES) + " | "
               + " ".join(f"{p:>6}" for p in PASSES) + " | per step")
+    chunks = (f"{args.kernel_grad_chunk_mib:g} MiB chunks" if args.kernel_grad_chunk_mib
+              else "whole batch")
     print(f"ResNet-18 width {args.width}, {args.stem} stem, {args.images} images of "
-          f"{args.size} px; ms per call, JAX | torch channels-last")
+          f"{args.size} px (library weight gradients: {chunks}); ms per call, "
+          f"JAX | torch channels-last")
     print(header)
     for index, (geometry, count) in enumerate(geometries.items()):
         form, jax_ms = time_jax(geometry, args.reps)
@@ -208,4 +228,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from ssl_jax import host_memory
+    host_memory.restart_with_huge_pages(__name__)  # huge pages (ssl_jax/host_memory.py)
     errors.run(main)

@@ -46,3 +46,5 @@ def test_cifar_stem_rows():
 def test_bad_flag_is_one_line_error():
     with pytest.raises(Exception, match="--images"):
         conv_geometry.main(["--images", "0"])
+    with pytest.raises(Exception, match="--kernel_grad_chunk_mib"):
+        conv_geometry.main(["--kernel_grad_chunk_mib", "-1"])

@@ -469,6 +469,47 @@ def test_cpu_conv_forms_equal_flax_conv(form, in_size, channels, kernel, strides
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("form,channels,strides", [
+    ("library", 6, 1),         # a stride-1 ResNet convolution
+    ("phase_split", 6, 2),     # its weight gradient is the library form's
+    ("space_to_depth", 3, 2),  # its whole backward pass is the library form's
+])
+def test_cpu_conv_kernel_grad_over_batch_chunks_equals_flax_conv(monkeypatch, form, channels,
+                                                                  strides):
+    """Above KERNEL_GRAD_CHUNK_BYTES of input, the library form's weight gradient is summed over
+    batch chunks (here 3 uneven ones: 5 images as 2 + 2 + 1): both gradients equal nn.Conv's to
+    float32 rounding, and the compiled backward holds one weight-gradient convolution per chunk."""
+    from ssl_jax.models import conv
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(5, 12, 12, channels)), jnp.float32)
+    monkeypatch.setattr(conv, "KERNEL_GRAD_CHUNK_BYTES", x.nbytes // 3 + 1)
+    assert conv.kernel_grad_chunks(x) == 3
+    kernel = 7 if form == "space_to_depth" else 3
+    kwargs = dict(features=8, kernel_size=(kernel, kernel), strides=(strides, strides),
+                  padding="SAME", use_bias=False)
+    ours, flax_conv = conv.Conv(**kwargs), nn.Conv(**kwargs)
+    params = flax_conv.init(KEY, x)
+    assert conv.cpu_form(x, params["params"]["kernel"], (strides, strides), "SAME",
+                         dimension_numbers=conv.NHWC_HWIO) == form
+
+    def loss(module, p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    results, weight_grad_convs = {}, {}
+    for label, module in (("ours", ours), ("flax", flax_conv)):
+        fn = jax.jit(jax.grad(functools.partial(loss, module), argnums=(0, 1)))
+        results[label] = fn(params, x)
+        hlo = fn.lower(params, x).compile().as_text()
+        # A weight gradient is a convolution whose output is the kernel's [kh, kw, C, F] in
+        # XLA:CPU's layout [C, kh, kw, F].
+        weight_grad_convs[label] = len(re.findall(
+            rf"= f32\[{channels},{kernel},{kernel},8\]\S* convolution\(", hlo))
+    assert weight_grad_convs == {"ours": 3, "flax": 1}
+    for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("window,strides,padding", [
     (3, 2, ((1, 1), (1, 1))),  # the ResNet stem's torch padding
     (3, 2, "SAME"),            # TF/Haiku padding

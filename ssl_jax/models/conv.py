@@ -2,7 +2,8 @@
 for its shape.
 
 Every model in ssl_jax builds its convolutions from this class. Parameters, names and results
-are nn.Conv's (bit for bit in the "library" form, to float32 rounding in the others); only the
+are nn.Conv's (bit for bit in the "library" form up to KERNEL_GRAD_CHUNK_BYTES of input, to
+float32 rounding otherwise); only the
 code XLA:CPU generates changes. On GPU and TPU every convolution is plain
 `lax.conv_general_dilated`. `cpu_form()` names the form a convolution takes on CPU; the
 measurements behind each choice are in docs/BENCHMARKS.md and docs/MODELS.md.
@@ -32,7 +33,9 @@ undilated, ungrouped; anything else is "general", the unchanged library call):
   forward), is one stride-1 convolution that writes each of the stride x stride phases of the
   input as its own channels (9.6 ms), regrouped into pixels after. On wider inputs the library
   is faster (16x16x32: 10.3 vs 13.9 ms).
-- "library": everything else, `lax.conv_general_dilated` with its input stored first (below).
+- "library": everything else, `lax.conv_general_dilated` with its input stored first (below)
+  and, for inputs over KERNEL_GRAD_CHUNK_BYTES, its weight gradient summed over batch chunks
+  of at most that size (below).
 
 Why the library form stores its input: XLA:CPU (jaxlib 0.10.2) hands the weight-gradient
 convolution to Eigen with the input's channels as the batch dimension, so it first copies the
@@ -45,6 +48,14 @@ the activation is stored once. The predicate is computed from one kernel element
 fold it away; both branches return the same values (`t * 1.0` is `t` for every float, -0.0 and
 NaN included) but differ as written, so XLA cannot merge them. `lax.optimization_barrier` would
 be the natural tool, but XLA:CPU expands barriers before fusion, so they do not stop it.
+
+Why the library form chunks its weight gradient: Eigen's weight-gradient convolution contracts
+over every image and position at once, and its time grows faster than the batch once the
+operands outgrow the caches, while barely using a second thread ([256, 32, 32, 16] -> 16, 3x3:
+39 ms on two threads, 42 on one). Summed over 2 MiB chunks of the batch (8 chunks of 32
+images there), forward and both gradients together took 44.6 instead of 61.8 ms, and 23.7
+instead of 28.6 ms at [256, 16, 16, 32]. The forward pass and input gradient stay whole:
+chunked they were slower.
 """
 import functools
 from typing import Any
@@ -68,6 +79,9 @@ SMALL_MAP_POSITIONS = 4
 SPACE_TO_DEPTH_MAX_CHANNELS = 4
 # Strided convolutions of inputs with at most this many channels take the phase-split backward.
 PHASE_SPLIT_MAX_CHANNELS = 16
+
+# The library form's weight gradient is summed over batch chunks of at most this much input.
+KERNEL_GRAD_CHUNK_BYTES = 2 * 1024 * 1024
 
 # The layout nn.Conv passes for 2-D inputs: NHWC input and output, HWIO kernel.
 NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -118,9 +132,42 @@ def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: An
     return "library"
 
 
-def _library_conv(lhs, rhs, strides, pads, precision):
+def _stored_conv(lhs, rhs, strides, pads, precision):
     return lax.conv_general_dilated(_stored(lhs, rhs), rhs, strides, pads,
                                     dimension_numbers=NHWC_HWIO, precision=precision)
+
+
+def kernel_grad_chunks(lhs: Any) -> int:
+    """How many batch chunks the library form's weight gradient is summed over: enough that
+    each chunk's input is at most KERNEL_GRAD_CHUNK_BYTES."""
+    return max(1, -(-lhs.size * np.dtype(lhs.dtype).itemsize // KERNEL_GRAD_CHUNK_BYTES))
+
+
+def _library_conv(lhs, rhs, strides, pads, precision):
+    """The library convolution; its weight gradient summed over batch chunks of at most
+    KERNEL_GRAD_CHUNK_BYTES of input (module docstring)."""
+    stored = functools.partial(_stored_conv, strides=strides, pads=pads, precision=precision)
+    chunks = kernel_grad_chunks(lhs)
+    if chunks == 1:
+        return stored(lhs, rhs)
+
+    @jax.custom_vjp
+    def conv(x, k):
+        return stored(x, k)
+
+    def forward(x, k):
+        return conv(x, k), (x, k)
+
+    def backward(residuals, grad):
+        x, k = residuals
+        input_grad = jax.vjp(lambda x: stored(x, k), x)[1](grad)[0]
+        parts = [jax.vjp(lambda k: stored(x_part, k), k)[1](grad_part)[0]
+                 for x_part, grad_part in zip(jnp.array_split(x, chunks),
+                                              jnp.array_split(grad, chunks))]
+        return input_grad, functools.reduce(jnp.add, parts)
+
+    conv.defvjp(forward, backward)
+    return conv(lhs, rhs)
 
 
 def _pointwise_conv(lhs, rhs, strides, pads, precision):
