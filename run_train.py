@@ -13,7 +13,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ssl_jax import xla_flags  # noqa: E402
+from ssl_jax import host_memory, xla_flags  # noqa: E402
+host_memory.restart_with_huge_pages(__name__)  # first: huge pages (ssl_jax/host_memory.py)
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -659,4 +659,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ssl_jax import host_memory
+    host_memory.restart_with_huge_pages(__name__)  # huge pages (ssl_jax/host_memory.py)
     errors.run(main)

@@ -21,7 +21,8 @@ import numpy as np
 
 from absl import flags  # noqa: E402
 from ssl_jax import errors  # noqa: E402  (one-line errors, exit code 2)
-from ssl_jax import xla_flags  # noqa: E402
+from ssl_jax import host_memory, xla_flags  # noqa: E402
+host_memory.restart_with_huge_pages(__name__)  # first: huge pages (ssl_jax/host_memory.py)
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
 import jax  # noqa: E402

@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
-from ssl_jax import xla_flags
+from ssl_jax import host_memory, xla_flags
 
+host_memory.restart_with_huge_pages(__name__)  # first: huge pages (ssl_jax/host_memory.py)
 xla_flags.configure_cpu()  # before JAX starts: Eigen convolutions on CPU (ssl_jax/xla_flags.py)
 
 
