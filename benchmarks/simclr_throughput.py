@@ -44,6 +44,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,11 @@ GRID_POINTS = [(w, stem, b) for w in (0.25, 1.0) for stem in ("strided", "cifar"
                for b in (128, 256)]
 
 NOAUG_OVERRIDES = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (pages the kernel mapped in on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def load_average() -> float:
@@ -264,14 +270,18 @@ def run_jax(args) -> dict:
             jax.block_until_ready((states[v], m))
     times = {v: [] for v in variants}
     cpu = {v: [] for v in variants}
+    faults = {v: [] for v in variants}
     for _ in range(args.steps):
         for v in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), minor_page_faults()
             states[v], m = steps[v](states[v], batch, step_rng)
             jax.block_until_ready((states[v], m))
             times[v].append(time.perf_counter() - t0)
             cpu[v].append(time.process_time() - c0)
+            faults[v].append(minor_page_faults() - f0)
+    out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     for v in variants:
+        out[f"{v}_page_faults_per_step"] = statistics.median(faults[v])
         out[f"{v}_step_s"] = times[v]
         out[f"{v}_img_s"] = args.batch / statistics.median(times[v])
         out[f"{v}_cpu_s"] = cpu[v]
@@ -427,12 +437,15 @@ def run_torch(args) -> dict:
     out["noaug_first_loss"] = step(images)
     for _ in range(args.warmup - 1):
         step(images)
-    times, cpu = [], []
+    times, cpu, faults = [], [], []
     for _ in range(args.steps):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, f0 = time.perf_counter(), time.process_time(), minor_page_faults()
         step(images)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        faults.append(minor_page_faults() - f0)
+    out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+    out["noaug_page_faults_per_step"] = statistics.median(faults)
     out["noaug_step_s"] = times
     out["noaug_img_s"] = args.batch / statistics.median(times)
     out["noaug_cpu_s"] = cpu
@@ -470,6 +483,7 @@ def _fmt(result: dict, variant: str) -> str:
         return f"ERROR {result['error'][:160]}"
     return (f"{result.get(variant + '_img_s', float('nan')):7.2f} img/s "
             f"{result.get(variant + '_img_per_cpu_s', float('nan')):6.2f} img/cpu-s "
+            f"{result.get(variant + '_page_faults_per_step', float('nan')):6.0f} faults/step "
             f"(load {result['load_start']:.1f}->{result['load_end']:.1f})")
 
 
