@@ -143,6 +143,13 @@ def kernel_grad_chunks(lhs: Any) -> int:
     return max(1, -(-lhs.size * np.dtype(lhs.dtype).itemsize // KERNEL_GRAD_CHUNK_BYTES))
 
 
+def _with_backward(forward, backward):
+    """forward(x, k) as a function whose VJP is backward((x, k), grad) -> (dx, dk)."""
+    conv = jax.custom_vjp(forward)
+    conv.defvjp(lambda x, k: (forward(x, k), (x, k)), backward)
+    return conv
+
+
 def _library_conv(lhs, rhs, strides, pads, precision):
     """The library convolution; its weight gradient summed over batch chunks of at most
     KERNEL_GRAD_CHUNK_BYTES of input (module docstring)."""
@@ -150,13 +157,6 @@ def _library_conv(lhs, rhs, strides, pads, precision):
     chunks = kernel_grad_chunks(lhs)
     if chunks == 1:
         return stored(lhs, rhs)
-
-    @jax.custom_vjp
-    def conv(x, k):
-        return stored(x, k)
-
-    def forward(x, k):
-        return conv(x, k), (x, k)
 
     def backward(residuals, grad):
         x, k = residuals
@@ -166,8 +166,7 @@ def _library_conv(lhs, rhs, strides, pads, precision):
                                               jnp.array_split(grad, chunks))]
         return input_grad, functools.reduce(jnp.add, parts)
 
-    conv.defvjp(forward, backward)
-    return conv(lhs, rhs)
+    return _with_backward(stored, backward)(lhs, rhs)
 
 
 def _pointwise_conv(lhs, rhs, strides, pads, precision):
@@ -261,18 +260,13 @@ def _space_to_depth_conv(lhs, rhs, strides, pads, precision):
     """The space-to-depth forward with the library convolution's backward pass."""
     library = functools.partial(_library_conv, strides=strides, pads=pads, precision=precision)
 
-    @jax.custom_vjp
-    def conv(x, k):
-        return _space_to_depth_forward(x, k, strides[0], pads, precision)
-
     def forward(x, k):
-        return conv(x, k), (x, k)
+        return _space_to_depth_forward(x, k, strides[0], pads, precision)
 
     def backward(residuals, grad):
         return jax.vjp(library, *residuals)[1](grad)
 
-    conv.defvjp(forward, backward)
-    return conv(lhs, rhs)
+    return _with_backward(forward, backward)(lhs, rhs)
 
 
 def _phase_split_input_grad(grad, rhs, in_hw, strides, pads, precision):
@@ -299,21 +293,13 @@ def _phase_split_conv(lhs, rhs, strides, pads, precision):
     """The library convolution with the phase-split input gradient."""
     library = functools.partial(_library_conv, strides=strides, pads=pads, precision=precision)
 
-    @jax.custom_vjp
-    def conv(x, k):
-        return library(x, k)
-
-    def forward(x, k):
-        return conv(x, k), (x, k)
-
     def backward(residuals, grad):
         x, k = residuals
         kernel_grad = jax.vjp(lambda k: library(x, k), k)[1](grad)[0]
         return (_phase_split_input_grad(grad, k, x.shape[1:3], strides, pads, precision),
                 kernel_grad)
 
-    conv.defvjp(forward, backward)
-    return conv(lhs, rhs)
+    return _with_backward(library, backward)(lhs, rhs)
 
 
 _PLAIN_FORMS = {
