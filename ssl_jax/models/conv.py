@@ -50,12 +50,11 @@ NaN included) but differ as written, so XLA cannot merge them. `lax.optimization
 be the natural tool, but XLA:CPU expands barriers before fusion, so they do not stop it.
 
 Why the library form chunks its weight gradient: Eigen's weight-gradient convolution contracts
-over every image and position at once, and its time grows faster than the batch once the
-operands outgrow the caches, while barely using a second thread ([256, 32, 32, 16] -> 16, 3x3:
-39 ms on two threads, 42 on one). Summed over 2 MiB chunks of the batch (8 chunks of 32
-images there), forward and both gradients together took 44.6 instead of 61.8 ms, and 23.7
-instead of 28.6 ms at [256, 16, 16, 32]. The forward pass and input gradient stay whole:
-chunked they were slower.
+over every image and position at once; its time grows faster than the batch once the operands
+outgrow the caches, and it barely uses a second thread. Summed over 2 MiB chunks of the batch
+(8 chunks of 32 images at [256, 32, 32, 16]) it took 28.8-31.5 instead of 36.2-38.0 ms there
+(docs/BENCHMARKS.md, "Outside the convolution kernels"). The forward pass and input gradient
+stay whole: chunked, they were slower.
 """
 import functools
 from typing import Any
