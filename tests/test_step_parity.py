@@ -693,9 +693,11 @@ def check_parity(name, config, steps, jax_method, make_torch, report):
     """3 steps on both sides from the same weights and views; asserts the tolerances.
 
     Gradients: float32 sums over a batch's pixels (BatchNorm-bias gradients: 4096 terms that
-    largely cancel) carry ~1e-5 relative rounding error on either side, so the step-1
-    gradients are judged against a float64 run of the same torch code (<= GRAD_TOL), and
-    float32 torch only to twice that."""
+    largely cancel) carry ~1e-5 relative rounding error on either side, so the step-1 loss and
+    gradients are judged against a float64 run of the same torch code: within GRAD_TOL (the
+    loss twice that), or within twice float32 torch's own error against that run where the
+    CPU's rounding puts torch's above GRAD_TOL (1.35e-5 on an AVX-512 Xeon); float32 torch
+    only to twice that."""
     batches = make_batches(name, jax_method.num_views)
     start, jax_losses, jax_grads, end = run_jax(jax_method, config, steps, batches)
     weights = jax_parts(name, start.params, start.model_state, config)
@@ -727,9 +729,13 @@ def check_parity(name, config, steps, jax_method, make_torch, report):
     errors["losses"] = max(abs(a - b) / abs(b) for a, b in zip(jax_losses, torch_losses))
     report(name, errors, jax_losses, torch_losses)
 
-    assert errors["loss"] <= GRAD_TOL, errors
-    assert errors["grads vs float64"]["l2"] <= GRAD_TOL, errors
-    assert errors["grads vs float32"]["l2"] <= 2 * GRAD_TOL, errors
+    torch_loss_error = abs(torch_losses[0] - loss64) / abs(loss64)
+    torch_grads_error = errors["torch float32 grads vs float64"]["l2"]
+    # The loss goes through a temperature softmax over the queue (MoCo: 1/0.2), which scales
+    # the features' relative rounding up: 1.2e-5 for JAX's MoCo loss on an AVX-512 Xeon.
+    assert errors["loss"] <= max(2 * GRAD_TOL, 2 * torch_loss_error), errors
+    assert errors["grads vs float64"]["l2"] <= max(GRAD_TOL, 2 * torch_grads_error), errors
+    assert errors["grads vs float32"]["l2"] <= 2 * max(GRAD_TOL, torch_grads_error), errors
     for part in want:
         assert errors[part]["max"] <= STATE_TOL, (part, errors)
     assert errors["update"]["l2"] <= STATE_TOL, errors
