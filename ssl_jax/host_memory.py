@@ -6,9 +6,9 @@ job's SimCLR step), and glibc serves allocations that large from fresh memory ma
 unmaps when they are freed, at the end of the step. The kernel then faults every 4 KiB page in
 again, zero-filled, on the next step: 24,600 page faults and ~50 ms of system time per step for
 the main job's step, 116,000 with the CIFAR stem. With the tunable, glibc asks the kernel for
-transparent huge pages on those maps (2 MiB pages: 512x fewer faults), and the step ran ~13%
-faster (strided stem) and ~20% faster (CIFAR stem) on the project's 2-core CPU
-(docs/BENCHMARKS.md, "Page faults").
+transparent huge pages on those maps (2 MiB pages: 512x fewer faults); the main job's step
+alone ran 30-50% faster on the project's 2-core CPU (docs/BENCHMARKS.md, "Outside the
+convolution kernels").
 
 glibc reads its tunables only when a process starts, so `restart_with_huge_pages()` re-executes
 the interpreter with the same arguments and the tunable added to GLIBC_TUNABLES. Entry points
