@@ -280,6 +280,8 @@ def run_jax(args) -> dict:
             cpu[v].append(time.process_time() - c0)
             faults[v].append(minor_page_faults() - f0)
     out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+    from ssl_jax.models import direct_conv
+    out["direct_conv"] = direct_conv.available()  # the C++ 3x3 kernels (SSL_JAX_DIRECT_CONV)
     for v in variants:
         out[f"{v}_page_faults_per_step"] = statistics.median(faults[v])
         out[f"{v}_step_s"] = times[v]

@@ -33,6 +33,10 @@ undilated, ungrouped; anything else is "general", the unchanged library call):
   forward), is one stride-1 convolution that writes each of the stride x stride phases of the
   input as its own channels (9.6 ms), regrouped into pixels after. On wider inputs the library
   is faster (16x16x32: 10.3 vs 13.9 ms).
+- "direct": a 3x3 stride-1 float32 convolution with 16, 32 or 64 outputs, where the C++ kernels
+  of `ssl_jax.models.direct_conv` are available (built for x86-64 with AVX-512): forward pass,
+  input gradient (when the input too has 16, 32 or 64 channels; else the library's) and weight
+  gradient. Eigen is slowest exactly there, thin layers on many positions.
 - "library": everything else, `lax.conv_general_dilated` with its input stored first (below)
   and, for inputs over KERNEL_GRAD_CHUNK_BYTES, its weight gradient summed over batch chunks
   of at most that size (below).
@@ -64,6 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from ssl_jax.models import direct_conv
 
 
 def _stored(x: jnp.ndarray, witness: jnp.ndarray) -> jnp.ndarray:
@@ -111,7 +117,7 @@ def _plain_pads(lhs: Any, rhs: Any, window_strides: Any, padding: Any,
 
 def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: Any) -> str:
     """The form this convolution takes on CPU (see the module docstring); lhs and rhs need only
-    .shape and .ndim, the other arguments are lax.conv_general_dilated's."""
+    .shape, .ndim and .dtype, the other arguments are lax.conv_general_dilated's."""
     pads = _plain_pads(lhs, rhs, window_strides, padding, **kwargs)
     if pads is None:
         return "general"
@@ -128,6 +134,8 @@ def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: An
         return "space_to_depth"
     if channels <= PHASE_SPLIT_MAX_CHANNELS and max(window_strides) > 1:
         return "phase_split"
+    if direct_conv.supports(lhs, rhs, window_strides, pads) and direct_conv.available():
+        return "direct"
     return "library"
 
 
@@ -301,12 +309,29 @@ def _phase_split_conv(lhs, rhs, strides, pads, precision):
     return _with_backward(library, backward)(lhs, rhs)
 
 
+def _direct_conv(lhs, rhs, strides, pads, precision):
+    """The direct kernels' forward pass and gradients (the library's input gradient when the
+    input's channels are not a count the kernels take: an image)."""
+    del strides, precision  # stride 1; the kernels compute in float32
+
+    def backward(residuals, grad):
+        x, k = residuals
+        if x.shape[3] in direct_conv.OUTPUT_CHANNELS:
+            input_grad = direct_conv.input_grad(grad, k, x.shape[1:3], pads)
+        else:
+            input_grad = jax.vjp(lambda x: _stored_conv(x, k, (1, 1), pads, None), x)[1](grad)[0]
+        return input_grad, direct_conv.kernel_grad(x, grad, pads)
+
+    return _with_backward(lambda x, k: direct_conv.forward(x, k, pads), backward)(lhs, rhs)
+
+
 _PLAIN_FORMS = {
     "pointwise": _pointwise_conv,
     "dense_map": _dense_map_conv,
     "patches": _patch_matrix_conv,
     "space_to_depth": _space_to_depth_conv,
     "phase_split": _phase_split_conv,
+    "direct": _direct_conv,
     "library": _library_conv,
 }
 
