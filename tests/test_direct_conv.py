@@ -23,8 +23,9 @@ needs_kernels = pytest.mark.skipif(not direct_conv.available(),
                                    reason="direct convolution kernels unavailable on this CPU")
 
 
-def _conv_pair(features: int, padding):
-    kwargs = dict(features=features, kernel_size=(3, 3), padding=padding, use_bias=False)
+def _conv_pair(features: int, padding, stride: int = 1):
+    kwargs = dict(features=features, kernel_size=(3, 3), strides=(stride, stride),
+                  padding=padding, use_bias=False)
     return conv.Conv(**kwargs), nn.Conv(**kwargs)
 
 
@@ -33,24 +34,28 @@ def _loss(module, params, x):
 
 
 @needs_kernels
-@pytest.mark.parametrize("batch,size,channels,features,padding", [
-    (6, 8, 16, 16, "SAME"),               # a width-0.25 ResNet's layer1
-    (5, 7, 3, 16, "SAME"),                # the CIFAR stem: image in, library input gradient
-    (4, 9, 32, 32, ((1, 1), (1, 1))),     # layer2, torch's explicit pads
-    (3, 6, 16, 64, "VALID"),              # no padding: output 4x4
-    (3, 6, 64, 32, ((2, 0), (0, 1))),     # uneven pads, fewer outputs than inputs
-    (2, 5, 16, 16, ((2, 2), (1, 0))),     # the most padding the kernels take
-    (9, 5, 5, 16, "SAME"),                # odd channel count, rows shorter than 8 pixels
+@pytest.mark.parametrize("batch,size,channels,features,stride,padding", [
+    (6, 8, 16, 16, 1, "SAME"),             # a width-0.25 ResNet's layer1
+    (5, 7, 3, 16, 1, "SAME"),              # the CIFAR stem: image in, library input gradient
+    (4, 9, 32, 32, 1, ((1, 1), (1, 1))),   # layer2, torch's explicit pads
+    (3, 6, 16, 64, 1, "VALID"),            # no padding: output 4x4
+    (3, 6, 64, 32, 1, ((2, 0), (0, 1))),   # uneven pads, fewer outputs than inputs
+    (2, 5, 16, 16, 1, ((2, 2), (1, 0))),   # the most padding the kernels take
+    (9, 5, 5, 16, 1, "SAME"),              # odd channel count, rows shorter than 8 pixels
+    (4, 8, 16, 32, 2, ((1, 1), (1, 1))),   # layer2's entry: phase_split's input gradient
+    (3, 9, 16, 16, 2, "SAME"),             # odd input, SAME pads (1, 1)
+    (3, 10, 32, 64, 2, "SAME"),            # even input, SAME pads (0, 1); library input grad.
 ])
-def test_direct_conv_equals_flax_conv(batch, size, channels, features, padding):
+def test_direct_conv_equals_flax_conv(batch, size, channels, features, stride, padding):
     """Values and both gradients equal nn.Conv's to float32 rounding, and the compiled step calls
-    the kernels (forward, kernel gradient, and input gradient unless the input is an image)."""
+    the kernels (forward, kernel gradient, and the input gradient at stride 1 unless the input
+    is an image)."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
-    ours, flax_conv = _conv_pair(features, padding)
+    ours, flax_conv = _conv_pair(features, padding, stride)
     params = flax_conv.init(KEY, x)
     pads = padding if isinstance(padding, str) else list(padding)
-    assert conv.cpu_form(x, params["params"]["kernel"], (1, 1), pads,
+    assert conv.cpu_form(x, params["params"]["kernel"], (stride, stride), pads,
                          dimension_numbers=conv.NHWC_HWIO) == "direct"
     results = {}
     for label, module in (("ours", ours), ("flax", flax_conv)):
@@ -60,7 +65,8 @@ def test_direct_conv_equals_flax_conv(batch, size, channels, features, padding):
         forwards = hlo.count(f'custom_call_target="{direct_conv.FORWARD_TARGET}"')
         kernel_grads = hlo.count(f'custom_call_target="{direct_conv.KERNEL_GRAD_TARGET}"')
         if label == "ours":  # the input gradient is a forward pass of the output gradient
-            assert (forwards, kernel_grads) == (2 if channels in (16, 32, 64) else 1, 1)
+            direct_input_grad = stride == 1 and channels in direct_conv.OUTPUT_CHANNELS
+            assert (forwards, kernel_grads) == (2 if direct_input_grad else 1, 1)
         else:
             assert (forwards, kernel_grads) == (0, 0)
     for a, b in zip(jax.tree.leaves(results["ours"]), jax.tree.leaves(results["flax"])):

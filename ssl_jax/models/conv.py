@@ -33,10 +33,11 @@ undilated, ungrouped; anything else is "general", the unchanged library call):
   forward), is one stride-1 convolution that writes each of the stride x stride phases of the
   input as its own channels (9.6 ms), regrouped into pixels after. On wider inputs the library
   is faster (16x16x32: 10.3 vs 13.9 ms).
-- "direct": a 3x3 stride-1 float32 convolution with 16, 32 or 64 outputs, where the C++ kernels
-  of `ssl_jax.models.direct_conv` are available (built for x86-64 with AVX-512): forward pass,
-  input gradient (when the input too has 16, 32 or 64 channels; else the library's) and weight
-  gradient. Eigen is slowest exactly there, thin layers on many positions.
+- "direct": a 3x3 float32 convolution, stride 1 or 2, with 16, 32 or 64 outputs, where the C++
+  kernels of `ssl_jax.models.direct_conv` are available (built for x86-64 with AVX-512): forward
+  pass and weight gradient; the input gradient too at stride 1 when the input has 16, 32 or 64
+  channels (else phase_split's, strided and thin, or the library's). Eigen is slowest exactly
+  there, thin layers on many positions.
 - "library": everything else, `lax.conv_general_dilated` with its input stored first (below)
   and, for inputs over KERNEL_GRAD_CHUNK_BYTES, its weight gradient summed over batch chunks
   of at most that size (below).
@@ -132,10 +133,10 @@ def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: An
     if (channels <= SPACE_TO_DEPTH_MAX_CHANNELS and window_strides[0] == window_strides[1] > 1
             and min(kh, kw) > window_strides[0]):
         return "space_to_depth"
-    if channels <= PHASE_SPLIT_MAX_CHANNELS and max(window_strides) > 1:
-        return "phase_split"
     if direct_conv.supports(lhs, rhs, window_strides, pads) and direct_conv.available():
         return "direct"
+    if channels <= PHASE_SPLIT_MAX_CHANNELS and max(window_strides) > 1:
+        return "phase_split"
     return "library"
 
 
@@ -310,19 +311,24 @@ def _phase_split_conv(lhs, rhs, strides, pads, precision):
 
 
 def _direct_conv(lhs, rhs, strides, pads, precision):
-    """The direct kernels' forward pass and gradients (the library's input gradient when the
-    input's channels are not a count the kernels take: an image)."""
-    del strides, precision  # stride 1; the kernels compute in float32
+    """The direct kernels' forward pass and weight gradient. The input gradient: the kernels'
+    when stride 1 and the input has a channel count they take; phase_split's or the library's
+    otherwise (strided; an image)."""
+    stride = strides[0]
 
     def backward(residuals, grad):
         x, k = residuals
-        if x.shape[3] in direct_conv.OUTPUT_CHANNELS:
+        if stride == 1 and x.shape[3] in direct_conv.OUTPUT_CHANNELS:
             input_grad = direct_conv.input_grad(grad, k, x.shape[1:3], pads)
+        elif stride > 1 and x.shape[3] <= PHASE_SPLIT_MAX_CHANNELS:
+            input_grad = _phase_split_input_grad(grad, k, x.shape[1:3], strides, pads, precision)
         else:
-            input_grad = jax.vjp(lambda x: _stored_conv(x, k, (1, 1), pads, None), x)[1](grad)[0]
-        return input_grad, direct_conv.kernel_grad(x, grad, pads)
+            input_grad = jax.vjp(lambda x: _stored_conv(x, k, strides, pads, precision),
+                                 x)[1](grad)[0]
+        return input_grad, direct_conv.kernel_grad(x, grad, pads, stride)
 
-    return _with_backward(lambda x, k: direct_conv.forward(x, k, pads), backward)(lhs, rhs)
+    return _with_backward(lambda x, k: direct_conv.forward(x, k, pads, stride),
+                          backward)(lhs, rhs)
 
 
 _PLAIN_FORMS = {

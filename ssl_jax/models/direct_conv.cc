@@ -1,14 +1,14 @@
-// Direct 3x3 stride-1 convolutions of NHWC float32 arrays on the CPU, as XLA FFI handlers
+// Direct 3x3 convolutions (stride 1 or 2) of NHWC float32 arrays on the CPU, as XLA FFI handlers
 // (built and registered by direct_conv.py, which says when they are used and why).
 //
 // XLA:CPU hands convolutions to Eigen's tensor contractions, which are slow when the channel
 // counts are small (16-64: the width-0.25 ResNets): a 16 -> 16 channel layer's weight gradient
 // runs at a fifth of the machine's speed there. These kernels keep 16 output channels in one
 // 16-float vector and accumulate in registers over the 3 x 3 taps:
-// - DirectConvForward: y[n, r, c, :] = sum_{i, j, ci} xpad[n, r + i, c + j, ci] * k[i, j, ci, :]
+// - DirectConvForward: y[n, r, c, :] = sum_{i, j, ci} xpad[n, s*r + i, s*c + j, ci] * k[i, j, ci, :]
 //   for a block of output pixels at a time; the input gradient of a stride-1 convolution is
 //   this same forward pass of the output gradient with the flipped, transposed kernel.
-// - DirectConvKernelGrad: dk[i, j, ci, :] = sum_{n, r, c} xpad[n, r + i, c + j, ci] *
+// - DirectConvKernelGrad: dk[i, j, ci, :] = sum_{n, r, c} xpad[n, s*r + i, s*c + j, ci] *
 //   g[n, r, c, :], all 3 taps of a kernel row and a block of input channels per pass over an
 //   image.
 // Each image is first copied into a zero-padded buffer (so no tap needs a bounds check); the
@@ -35,11 +35,14 @@ inline void store16(float* p, v16 v) { std::memcpy(p, &v, 64); }
 inline v16 splat(float s) { return (v16){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 
 struct Dims {
-  int64_t n, h, w, ci, co, pad_top, pad_left, oh, ow;
+  int64_t n, h, w, ci, co, pad_top, pad_left, oh, ow, stride;
+  // The zero-padded image the 3 x 3 windows of the oh x ow outputs read.
+  int64_t padded_h() const { return (oh - 1) * stride + 3; }
+  int64_t padded_w() const { return (ow - 1) * stride + 3; }
 };
 
-// The image `src` (h x w x c) into `dst` ((oh + 2) x (ow + 2) x c) at offset (top, left), zeros
-// around: the padded input a 3x3 stride-1 convolution with output oh x ow reads.
+// The image `src` (h x w x c) into `dst` (ph x pw x c) at offset (top, left), zeros around;
+// rows and columns past ph x pw, which no window reads, are dropped.
 void pad_image(const float* src, float* dst, int64_t h, int64_t w, int64_t c, int64_t top,
                int64_t left, int64_t ph, int64_t pw) {
   std::memset(dst, 0, sizeof(float) * ph * pw * c);
@@ -53,11 +56,11 @@ void pad_image(const float* src, float* dst, int64_t h, int64_t w, int64_t c, in
   }
 }
 
-// PX output pixels of one row, CV x 16 output channels: y[p] = sum_{kh,kw,i} in[kh][p+kw][i] *
-// k[kh][kw][i][:]. CI > 0 fixes the input channels at compile time (ci is then CI).
+// PX output pixels of one row, CV x 16 output channels: y[p] = sum_{kh,kw,i}
+// in[kh][stride*p+kw][i] * k[kh][kw][i][:]. CI > 0 fixes the input channels at compile time.
 template <int CV, int PX, int CI>
-inline void fwd_block(const float* in, int64_t pw, int64_t ci_runtime, const float* k, int64_t co,
-                      float* out, int np) {
+inline void fwd_block(const float* in, int64_t pw, int64_t ci_runtime, int64_t stride,
+                      const float* k, int64_t co, float* out, int np) {
   const int64_t ci = CI > 0 ? CI : ci_runtime;
   v16 acc[PX][CV];
   for (int p = 0; p < PX; ++p)
@@ -72,7 +75,7 @@ inline void fwd_block(const float* in, int64_t pw, int64_t ci_runtime, const flo
         v16 wv[CV];
         for (int c = 0; c < CV; ++c) wv[c] = load16(kk + i * co + 16 * c);
         for (int p = 0; p < PX; ++p) {
-          v16 b = splat(px[p * ci + i]);
+          v16 b = splat(px[p * stride * ci + i]);
           for (int c = 0; c < CV; ++c) acc[p][c] += b * wv[c];
         }
       }
@@ -86,20 +89,21 @@ template <int CV, int CI>
 void fwd_rows(const float* padded, int64_t pw, float* yn, const float* k, const Dims& d) {
   constexpr int PX = CV == 4 ? 4 : 8;  // PX x CV accumulators (8 or 16) and CV kernel vectors
   for (int64_t r = 0; r < d.oh; ++r) {
-    const float* in = padded + r * pw * d.ci;
+    const float* in = padded + r * d.stride * pw * d.ci;
     float* out = yn + r * d.ow * d.co;
+    const int64_t step = d.stride * d.ci;  // input floats from one output pixel to the next
     int64_t c = 0;
     for (; c + PX <= d.ow; c += PX)
-      fwd_block<CV, PX, CI>(in + c * d.ci, pw, d.ci, k, d.co, out + c * d.co, PX);
+      fwd_block<CV, PX, CI>(in + c * step, pw, d.ci, d.stride, k, d.co, out + c * d.co, PX);
     for (; c < d.ow; ++c)
-      fwd_block<CV, 1, CI>(in + c * d.ci, pw, d.ci, k, d.co, out + c * d.co, 1);
+      fwd_block<CV, 1, CI>(in + c * step, pw, d.ci, d.stride, k, d.co, out + c * d.co, 1);
   }
 }
 
 template <int CV>
 void fwd_images(const float* x, const float* k, float* y, const Dims& d, int64_t n0,
                 int64_t n1) {
-  int64_t ph = d.oh + 2, pw = d.ow + 2;
+  int64_t ph = d.padded_h(), pw = d.padded_w();
   std::vector<float> padded(ph * pw * d.ci);
   for (int64_t n = n0; n < n1; ++n) {
     pad_image(x + n * d.h * d.w * d.ci, padded.data(), d.h, d.w, d.ci, d.pad_top, d.pad_left,
@@ -115,7 +119,7 @@ void fwd_images(const float* x, const float* k, float* y, const Dims& d, int64_t
 }
 
 // Weight gradient of CB input channels starting at i0, all 3 x 3 taps, CV x 16 output channels,
-// over one padded image: dk[kh][kw][i0 + b][:] += sum_{r,c} in[r+kh][c+kw][i0+b] * g[r][c][:].
+// over one padded image: dk[kh][kw][i0 + b][:] += sum_{r,c} in[s*r+kh][s*c+kw][i0+b] * g[r][c][:].
 template <int CV, int CB>
 inline void dw_block(const float* in, int64_t pw, int64_t ci, const float* g, const Dims& d,
                      int64_t i0, int kh, float* dk) {
@@ -124,13 +128,13 @@ inline void dw_block(const float* in, int64_t pw, int64_t ci, const float* g, co
     for (int b = 0; b < CB; ++b)
       for (int c = 0; c < CV; ++c) acc[kw][b][c] = v16{};
   for (int64_t r = 0; r < d.oh; ++r) {
-    const float* row = in + (r + kh) * pw * ci + i0;
+    const float* row = in + (r * d.stride + kh) * pw * ci + i0;
     const float* gr = g + r * d.ow * d.co;
     for (int64_t c = 0; c < d.ow; ++c) {
       v16 gv[CV];
       for (int v = 0; v < CV; ++v) gv[v] = load16(gr + c * d.co + 16 * v);
       for (int kw = 0; kw < 3; ++kw) {
-        const float* px = row + (c + kw) * ci;
+        const float* px = row + (c * d.stride + kw) * ci;
         for (int b = 0; b < CB; ++b) {
           v16 s = splat(px[b]);
           for (int v = 0; v < CV; ++v) acc[kw][b][v] += s * gv[v];
@@ -148,7 +152,7 @@ inline void dw_block(const float* in, int64_t pw, int64_t ci, const float* g, co
 template <int CV>
 void dw_images(const float* x, const float* g, float* dk, const Dims& d, int64_t n0, int64_t n1) {
   constexpr int CB = 8 / CV;  // 3 taps x CB channels x CV accumulators: 24 vector registers
-  int64_t ph = d.oh + 2, pw = d.ow + 2;
+  int64_t ph = d.padded_h(), pw = d.padded_w();
   std::vector<float> padded(ph * pw * d.ci);
   for (int64_t n = n0; n < n1; ++n) {
     pad_image(x + n * d.h * d.w * d.ci, padded.data(), d.h, d.w, d.ci, d.pad_top, d.pad_left,
@@ -201,9 +205,9 @@ int64_t num_helpers(ffi::ThreadPool& pool) {
 }
 
 Dims make_dims(ffi::Buffer<ffi::F32>& x, int64_t co, int64_t oh, int64_t ow, int64_t top,
-               int64_t left) {
+               int64_t left, int64_t stride) {
   auto xd = x.dimensions();
-  return Dims{xd[0], xd[1], xd[2], xd[3], co, top, left, oh, ow};
+  return Dims{xd[0], xd[1], xd[2], xd[3], co, top, left, oh, ow, stride};
 }
 
 // The shapes the kernels assume; an error names what does not hold.
@@ -215,16 +219,18 @@ ffi::Error check(ffi::Buffer<ffi::F32>& x, const Dims& d, int64_t kernel_element
   if (kernel_elements != 9 * d.ci * d.co)
     return ffi::Error::InvalidArgument("kernel must be 3 x 3 x input x output channels");
   if (out_images != d.n) return ffi::Error::InvalidArgument("batch sizes differ");
+  if (d.stride != 1 && d.stride != 2) return ffi::Error::InvalidArgument("stride must be 1 or 2");
   if (d.pad_top < 0 || d.pad_top > 2 || d.pad_left < 0 || d.pad_left > 2 || d.oh < 1 ||
-      d.ow < 1 || d.oh + 2 - d.pad_top > d.h + 2 || d.ow + 2 - d.pad_left > d.w + 2)
+      d.ow < 1 || d.padded_h() - d.pad_top > d.h + 2 || d.padded_w() - d.pad_left > d.w + 2)
     return ffi::Error::InvalidArgument("padding must be 0-2 per side");
   return ffi::Error::Success();
 }
 
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t pad_top, int64_t pad_left) {
+                       ffi::ResultBuffer<ffi::F32> y, int64_t pad_top, int64_t pad_left,
+                       int64_t stride) {
   auto yd = y->dimensions();
-  Dims d = make_dims(x, yd[3], yd[1], yd[2], pad_top, pad_left);
+  Dims d = make_dims(x, yd[3], yd[1], yd[2], pad_top, pad_left, stride);
   if (ffi::Error e = check(x, d, k.element_count(), yd[0]); e.failure()) return e;
   int64_t parts = num_parts(pool, d.n);
   auto run = [&](auto cv_tag) {
@@ -244,9 +250,10 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                          ffi::ResultBuffer<ffi::F32> dk, int64_t pad_top, int64_t pad_left) {
+                          ffi::ResultBuffer<ffi::F32> dk, int64_t pad_top, int64_t pad_left,
+                          int64_t stride) {
   auto gd = g.dimensions();
-  Dims d = make_dims(x, gd[3], gd[1], gd[2], pad_top, pad_left);
+  Dims d = make_dims(x, gd[3], gd[1], gd[2], pad_top, pad_left, stride);
   if (ffi::Error e = check(x, d, dk->element_count(), gd[0]); e.failure()) return e;
   int64_t parts = num_parts(pool, d.n);
   int64_t size = 9 * d.ci * d.co;
@@ -282,7 +289,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvForward, ConvForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("stride"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvKernelGrad, ConvKernelGrad,
                               ffi::Ffi::Bind()
@@ -291,4 +299,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvKernelGrad, ConvKernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("stride"));

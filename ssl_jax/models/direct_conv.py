@@ -1,4 +1,5 @@
-"""Direct 3x3 stride-1 convolution kernels for XLA:CPU (`direct_conv.cc`), built on first use.
+"""Direct 3x3 convolution kernels (stride 1 or 2) for XLA:CPU (`direct_conv.cc`), built on first
+use.
 
 XLA:CPU computes convolutions with Eigen's tensor contractions, which use the vector units
 poorly when a layer has 16-64 channels (the width-0.25 ResNets the CPU runs): on the 2-core
@@ -111,37 +112,39 @@ def available() -> bool:
 
 def supports(lhs, rhs, window_strides, pads) -> bool:
     """Whether the kernels compute this 2-D NHWC/HWIO convolution: float32, 3x3 kernel, stride
-    1, 0-2 pixels of padding per side, OUTPUT_CHANNELS outputs."""
+    1 or 2 (the same on both axes), 0-2 pixels of padding per side, OUTPUT_CHANNELS outputs."""
     return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-            and tuple(rhs.shape[:2]) == (3, 3) and tuple(window_strides) == (1, 1)
+            and tuple(rhs.shape[:2]) == (3, 3) and tuple(window_strides) in ((1, 1), (2, 2))
             and rhs.shape[3] in OUTPUT_CHANNELS
             and all(0 <= p <= 2 for side in pads for p in side))
 
 
-def _output_hw(in_hw, pads):
-    return tuple(in_hw[d] + pads[d][0] + pads[d][1] - 2 for d in (0, 1))
+def _output_hw(in_hw, pads, stride):
+    return tuple((in_hw[d] + pads[d][0] + pads[d][1] - 3) // stride + 1 for d in (0, 1))
 
 
-def forward(x: jax.Array, k: jax.Array, pads) -> jax.Array:
+def forward(x: jax.Array, k: jax.Array, pads, stride: int = 1) -> jax.Array:
     """The convolution of x [N, H, W, C] with k [3, 3, C, F], `pads` ((top, bottom), (left,
-    right))."""
-    oh, ow = _output_hw(x.shape[1:3], pads)
+    right)), the same `stride` on both axes."""
+    oh, ow = _output_hw(x.shape[1:3], pads, stride)
     out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, k.shape[3]), jnp.float32)
     # "sequential": under vmap (MoCo's BatchNorm splits) each slice is its own call.
     return jax.ffi.ffi_call(FORWARD_TARGET, out, vmap_method="sequential")(
-        x, k, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+        x, k, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]),
+        stride=np.int64(stride))
 
 
 def input_grad(grad: jax.Array, k: jax.Array, in_hw, pads) -> jax.Array:
-    """The input gradient of `forward`: the stride-1 convolution of the output gradient with the
+    """The input gradient of a stride-1 `forward`: the stride-1 convolution of the output gradient with the
     kernel flipped in space and transposed in channels, padded by 2 - (the forward's pad)."""
     flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
     back_pads = tuple((2 - pads[d][0], in_hw[d] - grad.shape[1 + d] + pads[d][0]) for d in (0, 1))
     return forward(grad, flipped, back_pads)
 
 
-def kernel_grad(x: jax.Array, grad: jax.Array, pads) -> jax.Array:
+def kernel_grad(x: jax.Array, grad: jax.Array, pads, stride: int = 1) -> jax.Array:
     """The kernel gradient of `forward`: [3, 3, C, F], summed over the batch."""
     out = jax.ShapeDtypeStruct((3, 3, x.shape[3], grad.shape[3]), jnp.float32)
     return jax.ffi.ffi_call(KERNEL_GRAD_TARGET, out, vmap_method="sequential")(
-        x, grad, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+        x, grad, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]),
+        stride=np.int64(stride))
