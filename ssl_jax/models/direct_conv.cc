@@ -95,6 +95,9 @@ void fwd_rows(const float* padded, int64_t pw, float* yn, const float* k, const 
     int64_t c = 0;
     for (; c + PX <= d.ow; c += PX)
       fwd_block<CV, PX, CI>(in + c * step, pw, d.ci, d.stride, k, d.co, out + c * d.co, PX);
+    // Rows shorter than PX (4x4 maps) or their remainder: 4 pixels at a time, then singly.
+    for (; c + 4 <= d.ow; c += 4)
+      fwd_block<CV, 4, CI>(in + c * step, pw, d.ci, d.stride, k, d.co, out + c * d.co, 4);
     for (; c < d.ow; ++c)
       fwd_block<CV, 1, CI>(in + c * step, pw, d.ci, d.stride, k, d.co, out + c * d.co, 1);
   }
