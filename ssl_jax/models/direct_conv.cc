@@ -2,9 +2,9 @@
 // (built and registered by direct_conv.py, which says when they are used and why).
 //
 // XLA:CPU hands convolutions to Eigen's tensor contractions, which are slow when the channel
-// counts are small (16-64: the width-0.25 ResNets): a 16 -> 16 channel layer's weight gradient
-// runs at a fifth of the machine's speed there. These kernels keep 16 output channels in one
-// 16-float vector and accumulate in registers over the 3 x 3 taps:
+// counts are small (16-64: the width-0.25 ResNets; docs/BENCHMARKS.md, "Direct convolution
+// kernels"). These kernels keep 16 output channels in one 16-float vector and accumulate in
+// registers over the 3 x 3 taps:
 // - DirectConvForward: y[n, r, c, :] = sum_{i, j, ci} xpad[n, s*r + i, s*c + j, ci] * k[i, j, ci, :]
 //   for a block of output pixels at a time; the input gradient of a stride-1 convolution is
 //   this same forward pass of the output gradient with the flipped, transposed kernel.

@@ -3,14 +3,15 @@ use.
 
 XLA:CPU computes convolutions with Eigen's tensor contractions, which use the vector units
 poorly when a layer has 16-64 channels (the width-0.25 ResNets the CPU runs): on the 2-core
-machine a [256, 32, 32, 16] -> 16 layer took ~15 ms forward and ~35 ms for its weight gradient
-against ~10 and ~8 ms for these kernels, and a 3-channel CIFAR stem ~15 ms forward against ~3
-(`benchmarks/conv_geometry.py`; docs/BENCHMARKS.md). `ssl_jax.models.conv` routes the passes
-that are faster here (`DIRECT_*` there) to them.
+machine the four `[256, 32, 32, 16] -> 16` convolutions of a CIFAR-stem ResNet's layer1 took
+124 ms per train step in Eigen and 80 ms in these kernels (`benchmarks/conv_geometry.py`;
+docs/BENCHMARKS.md, "Direct convolution kernels"). `ssl_jax.models.conv` gives them its
+"direct" form.
 
 The C++ source is compiled once per machine with the system's C++ compiler (`$CXX`, else `g++`)
 for the host CPU (`-march=native`) into `$SSL_JAX_CACHE` (default `~/.cache/ssl_jax`), named by
-a hash of the source, the flags and the jaxlib version, and registered as XLA FFI targets. The
+a hash of the source, the flags, the jaxlib version and the CPU's features, and registered as
+XLA FFI targets. The
 kernels are used only on x86-64 CPUs with AVX-512 (where they were measured) and can be turned
 off with `SSL_JAX_DIRECT_CONV=0`. When they are unavailable (no compiler, a failed build, another
 CPU) `available()` is False, one warning line says why, and every convolution keeps its
@@ -49,19 +50,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSL_JAX_CACHE", Path.home() / ".cache" / "ssl_jax"))
 
 
-def _cpu_has_avx512() -> bool:
+def _cpu_flags() -> str:
+    """The first "flags" line of /proc/cpuinfo ("" where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    return " avx512f " in flags.replace("\n", " ")
+        return ""
+    return next((line for line in lines if line.startswith("flags")), "")
+
+
+def _cpu_has_avx512() -> bool:
+    return " avx512f " in _cpu_flags() + " "
 
 
 def _build(compiler: str) -> Path:
     """The shared library for this source, flags, compiler and jaxlib: built unless cached."""
     include = jax.ffi.include_dir()
+    # -march=native code may not run on another CPU: its flags are part of the name, so a cache
+    # shared between machines (a network home directory) holds one build per kind of CPU.
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(COMPILE_FLAGS).encode(),
-                                     compiler.encode(), jaxlib.__version__.encode()]))
+                                     compiler.encode(), jaxlib.__version__.encode(),
+                                     _cpu_flags().encode()]))
     target = cache_dir() / f"direct_conv-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -85,6 +94,16 @@ def _build(compiler: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
+def _register(library_path: Path) -> None:
+    """Loads the library and registers its handlers with XLA, once per process."""
+    library = ctypes.cdll.LoadLibrary(str(library_path))
+    jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.DirectConvForward),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(KERNEL_GRAD_TARGET,
+                                jax.ffi.pycapsule(library.DirectConvKernelGrad), platform="cpu")
+
+
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
     """True when the kernels are built and registered with XLA for this process (module
     docstring); the first call builds them (a few seconds, once per machine)."""
@@ -98,12 +117,7 @@ def available() -> bool:
                     os.environ.get("CXX", "g++"))
         return False
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-        jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.DirectConvForward),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(KERNEL_GRAD_TARGET,
-                                    jax.ffi.pycapsule(library.DirectConvKernelGrad),
-                                    platform="cpu")
+        _register(_build(compiler))
     except (OSError, RuntimeError, AttributeError) as e:
         log.warning("direct convolutions off: %s; XLA's are used", e)
         return False
