@@ -229,6 +229,18 @@ ffi::Error check(ffi::Buffer<ffi::F32>& x, const Dims& d, int64_t kernel_element
   return ffi::Error::Success();
 }
 
+// run(std::integral_constant<int, CV>) with CV = co / 16 output vectors, a compile-time count.
+template <typename F>
+ffi::Error with_vectors(int64_t co, F run) {
+  switch (co) {
+    case 16: run(std::integral_constant<int, 1>{}); break;
+    case 32: run(std::integral_constant<int, 2>{}); break;
+    case 64: run(std::integral_constant<int, 4>{}); break;
+    default: return ffi::Error::InvalidArgument("output channels must be 16, 32 or 64");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                        ffi::ResultBuffer<ffi::F32> y, int64_t pad_top, int64_t pad_left,
                        int64_t stride) {
@@ -236,20 +248,13 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   Dims d = make_dims(x, yd[3], yd[1], yd[2], pad_top, pad_left, stride);
   if (ffi::Error e = check(x, d, k.element_count(), yd[0]); e.failure()) return e;
   int64_t parts = num_parts(pool, d.n);
-  auto run = [&](auto cv_tag) {
+  return with_vectors(d.co, [&](auto cv_tag) {
     constexpr int CV = decltype(cv_tag)::value;
     parallel_for(pool, parts, num_helpers(pool), [&](int64_t p) {
       fwd_images<CV>(x.typed_data(), k.typed_data(), y->typed_data(), d, d.n * p / parts,
                      d.n * (p + 1) / parts);
     });
-  };
-  switch (d.co / 16) {
-    case 1: run(std::integral_constant<int, 1>{}); break;
-    case 2: run(std::integral_constant<int, 2>{}); break;
-    case 4: run(std::integral_constant<int, 4>{}); break;
-    default: return ffi::Error::InvalidArgument("output channels must be 16, 32 or 64");
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
@@ -261,19 +266,14 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   int64_t parts = num_parts(pool, d.n);
   int64_t size = 9 * d.ci * d.co;
   std::vector<std::vector<float>> partial(parts, std::vector<float>(size, 0.0f));
-  auto run = [&](auto cv_tag) {
+  ffi::Error e = with_vectors(d.co, [&](auto cv_tag) {
     constexpr int CV = decltype(cv_tag)::value;
     parallel_for(pool, parts, num_helpers(pool), [&](int64_t p) {
       dw_images<CV>(x.typed_data(), g.typed_data(), partial[p].data(), d, d.n * p / parts,
                     d.n * (p + 1) / parts);
     });
-  };
-  switch (d.co / 16) {
-    case 1: run(std::integral_constant<int, 1>{}); break;
-    case 2: run(std::integral_constant<int, 2>{}); break;
-    case 4: run(std::integral_constant<int, 4>{}); break;
-    default: return ffi::Error::InvalidArgument("output channels must be 16, 32 or 64");
-  }
+  });
+  if (e.failure()) return e;
   float* out = dk->typed_data();
   for (int64_t i = 0; i < size; ++i) {
     float s = 0.0f;
@@ -285,22 +285,18 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvForward, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("stride"));
+// Both handlers take (thread pool; input, kernel or output gradient; result) and the same
+// attributes: the forward pass's top and left padding and its stride.
+static auto binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left")
+      .Attr<int64_t>("stride");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvKernelGrad, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("stride"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvForward, ConvForward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DirectConvKernelGrad, ConvKernelGrad, binding());
