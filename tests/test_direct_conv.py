@@ -23,6 +23,14 @@ needs_kernels = pytest.mark.skipif(not direct_conv.available(),
                                    reason="direct convolution kernels unavailable on this CPU")
 
 
+@pytest.fixture(autouse=True)
+def _direct_on_the_test_devices(monkeypatch):
+    """models.conv uses the kernels on one device only (DIRECT_MAX_DEVICES); these tests run
+    them on the 8 test devices, with single-device programs or a batch-sharded one whose
+    operands XLA gathers (tested below), so that they are exercised at all."""
+    monkeypatch.setattr(conv, "DIRECT_MAX_DEVICES", jax.device_count())
+
+
 def _conv_pair(features: int, padding, stride: int = 1):
     kwargs = dict(features=features, kernel_size=(3, 3), strides=(stride, stride),
                   padding=padding, use_bias=False)
@@ -93,8 +101,9 @@ def test_direct_conv_under_vmap_equals_flax_conv():
 
 @needs_kernels
 def test_direct_conv_on_a_sharded_batch_equals_one_device():
-    """With the batch split over the 8 test devices the kernels see the whole batch (XLA gathers
-    the operands of a custom call): the same values and gradients as on one device."""
+    """With the batch split over the 8 test devices (models.conv allows this only when told to,
+    DIRECT_MAX_DEVICES) the kernels see the whole batch, XLA gathering their operands: the same
+    values and gradients as on one device."""
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(16, 8, 8, 16)), jnp.float32)
@@ -106,6 +115,17 @@ def test_direct_conv_on_a_sharded_batch_equals_one_device():
                  jax.device_put(x, NamedSharding(mesh, P("data"))))
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_only_on_one_device(monkeypatch):
+    """With DIRECT_MAX_DEVICES at 1 (the default) and the 8 test devices, a convolution the
+    kernels take stays in the library form (module comment in models/conv.py)."""
+    monkeypatch.setattr(conv, "DIRECT_MAX_DEVICES", 1)
+    x = jnp.zeros((2, 8, 8, 16), jnp.float32)
+    kernel = jnp.zeros((3, 3, 16, 16), jnp.float32)
+    assert jax.device_count() == 8
+    assert conv.cpu_form(x, kernel, (1, 1), "SAME",
+                         dimension_numbers=conv.NHWC_HWIO) == "library"
 
 
 def test_direct_conv_opt_out_and_failed_build_fall_back(monkeypatch, tmp_path, caplog):

@@ -33,8 +33,9 @@ undilated, ungrouped; anything else is "general", the unchanged library call):
   forward), is one stride-1 convolution that writes each of the stride x stride phases of the
   input as its own channels (9.6 ms), regrouped into pixels after. On wider inputs the library
   is faster (16x16x32: 10.3 vs 13.9 ms).
-- "direct": a 3x3 float32 convolution, stride 1 or 2, with 16, 32 or 64 outputs, where the C++
-  kernels of `ssl_jax.models.direct_conv` are available (built for x86-64 with AVX-512): forward
+- "direct": a 3x3 float32 convolution, stride 1 or 2, with 16, 32 or 64 outputs, on a single
+  CPU device (DIRECT_MAX_DEVICES) where the C++ kernels of `ssl_jax.models.direct_conv` are
+  available (built for x86-64 with AVX-512): forward
   pass and weight gradient; the input gradient too at stride 1 when the input has 16, 32 or 64
   channels (else phase_split's, strided and thin, or the library's). Eigen is slowest exactly
   there, thin layers on many positions.
@@ -89,6 +90,13 @@ PHASE_SPLIT_MAX_CHANNELS = 16
 # The library form's weight gradient is summed over batch chunks of at most this much input.
 KERNEL_GRAD_CHUNK_BYTES = 2 * 1024 * 1024
 
+# The direct kernels are custom calls without a partitioning rule; in a program split over
+# several devices XLA:CPU's partitioner gathered their operands, and in one step (InsDis with a
+# row-sharded memory bank, activations sharded over channels around them) the weight gradients
+# came out wrong. So they are used only when JAX has at most this many devices: one CPU, as
+# the main job and the benchmarks run.
+DIRECT_MAX_DEVICES = 1
+
 # The layout nn.Conv passes for 2-D inputs: NHWC input and output, HWIO kernel.
 NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -133,7 +141,8 @@ def cpu_form(lhs: Any, rhs: Any, window_strides: Any, padding: Any, **kwargs: An
     if (channels <= SPACE_TO_DEPTH_MAX_CHANNELS and window_strides[0] == window_strides[1] > 1
             and min(kh, kw) > window_strides[0]):
         return "space_to_depth"
-    if direct_conv.supports(lhs, rhs, window_strides, pads) and direct_conv.available():
+    if (direct_conv.supports(lhs, rhs, window_strides, pads)
+            and jax.device_count() <= DIRECT_MAX_DEVICES and direct_conv.available()):
         return "direct"
     if channels <= PHASE_SPLIT_MAX_CHANNELS and max(window_strides) > 1:
         return "phase_split"
