@@ -35,10 +35,10 @@ undilated, ungrouped; anything else is "general", the unchanged library call):
   is faster (16x16x32: 10.3 vs 13.9 ms).
 - "direct": a 3x3 float32 convolution, stride 1 or 2, with 16, 32 or 64 outputs, on a single
   CPU device (DIRECT_MAX_DEVICES) where the C++ kernels of `ssl_jax.models.direct_conv` are
-  available (built for x86-64 with AVX-512): forward
-  pass and weight gradient; the input gradient too at stride 1 when the input has 16, 32 or 64
-  channels (else phase_split's, strided and thin, or the library's). Eigen is slowest exactly
-  there, thin layers on many positions.
+  available (built for x86-64 with AVX-512): forward pass and weight gradient; the input
+  gradient too at stride 1 when the input has 16, 32 or 64 channels (else phase_split's,
+  strided and thin, or the library's). Eigen is slowest exactly there, thin layers on many
+  positions.
 - "library": everything else, `lax.conv_general_dilated` with its input stored first (below)
   and, for inputs over KERNEL_GRAD_CHUNK_BYTES, its weight gradient summed over batch chunks
   of at most that size (below).
