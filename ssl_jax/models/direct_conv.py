@@ -11,11 +11,10 @@ docs/BENCHMARKS.md, "Direct convolution kernels"). `ssl_jax.models.conv` gives t
 The C++ source is compiled once per machine with the system's C++ compiler (`$CXX`, else `g++`)
 for the host CPU (`-march=native`) into `$SSL_JAX_CACHE` (default `~/.cache/ssl_jax`), named by
 a hash of the source, the flags, the jaxlib version and the CPU's features, and registered as
-XLA FFI targets. The
-kernels are used only on x86-64 CPUs with AVX-512 (where they were measured) and can be turned
-off with `SSL_JAX_DIRECT_CONV=0`. When they are unavailable (no compiler, a failed build, another
-CPU) `available()` is False, one warning line says why, and every convolution keeps its
-XLA form.
+XLA FFI targets. The kernels are used only on x86-64 CPUs with AVX-512 (where they were
+measured) and can be turned off with `SSL_JAX_DIRECT_CONV=0`. When they are unavailable (no
+compiler, a failed build, another CPU) `available()` is False, one warning line says why, and
+every convolution keeps its XLA form.
 """
 from __future__ import annotations
 
@@ -64,7 +63,8 @@ def _cpu_has_avx512() -> bool:
 
 
 def _build(compiler: str) -> Path:
-    """The shared library for this source, flags, compiler and jaxlib: built unless cached."""
+    """The shared library for this source, flags, compiler, jaxlib and CPU: built unless
+    cached."""
     include = jax.ffi.include_dir()
     # -march=native code may not run on another CPU: its flags are part of the name, so a cache
     # shared between machines (a network home directory) holds one build per kind of CPU.
@@ -149,8 +149,9 @@ def forward(x: jax.Array, k: jax.Array, pads, stride: int = 1) -> jax.Array:
 
 
 def input_grad(grad: jax.Array, k: jax.Array, in_hw, pads) -> jax.Array:
-    """The input gradient of a stride-1 `forward`: the stride-1 convolution of the output gradient with the
-    kernel flipped in space and transposed in channels, padded by 2 - (the forward's pad)."""
+    """The input gradient of a stride-1 `forward`: the stride-1 convolution of the output
+    gradient with the kernel flipped in space and transposed in channels, padded by 2 - (the
+    forward's pad)."""
     flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
     back_pads = tuple((2 - pads[d][0], in_hw[d] - grad.shape[1 + d] + pads[d][0]) for d in (0, 1))
     return forward(grad, flipped, back_pads)
