@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ssl_jax.methods import pretext_ops
 from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
+from ssl_jax.models.batch_norm import BatchNorm
 
 
 class CountingNet(nn.Module):
@@ -37,8 +38,8 @@ class CountingNet(nn.Module):
         # the batch, so the ReLUs cannot all die. With a plain Dense -> ReLU (and with an
         # affine BatchNorm) our quickstart runs collapsed to phi = 0 within 40 steps: near 0
         # the hinge has almost no gradient and the first term pulls every count down.
-        c = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         use_scale=False, use_bias=False, name="bn_count")(c)
+        c = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      use_scale=False, use_bias=False, name="bn_count")(c)
         return h, nn.relu(c)
 
 

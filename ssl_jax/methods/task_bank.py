@@ -32,6 +32,7 @@ from ssl_jax import losses
 from ssl_jax.data.builtin_textures import BACKGROUND_NAMES
 from ssl_jax.methods import base
 from ssl_jax.methods.common import build_backbone, normalize, split_variables
+from ssl_jax.models.batch_norm import BatchNorm
 from ssl_jax.models.conv import Conv
 
 
@@ -210,8 +211,8 @@ class TaskNet(nn.Module):
             # input-dilated form ran ~8x slower than the whole encoder on XLA:CPU.
             y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
             y = Conv(max(w // 2 ** (i + 1), 16), (3, 3), padding=1, name=f"decoder_up{i}")(y)
-            y = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                             name=f"decoder_bn{i}")(y)
+            y = BatchNorm(use_running_average=not train, momentum=0.9,
+                          name=f"decoder_bn{i}")(y)
             y = nn.relu(y)
         # The last doubling as a sub-pixel convolution (each position predicts its 2 x 2
         # output pixels): no convolution at full resolution, a third of the decoder's cost.

@@ -26,6 +26,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.batch_norm import BatchNorm
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
@@ -43,9 +44,9 @@ class AlexNet(SequentialCNN):
     """AlexNet on NHWC float input (at least 63 px so conv5's max-pool has an input); fields
     in ``SequentialCNN``; ``dropout_rate`` is dropout before fc6/fc7, unused by ``alexnet_bn``."""
 
-    def _bn(self, train: bool, name: str) -> nn.BatchNorm:
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                            dtype=self.dtype, name=name)
+    def _bn(self, train: bool, name: str) -> BatchNorm:
+        return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:

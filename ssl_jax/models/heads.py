@@ -10,10 +10,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.batch_norm import BatchNorm
 
-def _bn(train: bool, dtype: Any, name: str, use_bias: bool = True) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        use_bias=use_bias, dtype=dtype, name=name)
+
+def _bn(train: bool, dtype: Any, name: str, use_bias: bool = True) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     use_bias=use_bias, dtype=dtype, name=name)
 
 
 class ProjectionMLP(nn.Module):
@@ -91,8 +93,8 @@ class MLPHead(nn.Module):
         x = nn.relu(_bn(train, self.dtype, "bn_0")(x))
         x = nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x)
         if self.output_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             use_scale=False, use_bias=False, dtype=self.dtype, name="bn_out")(x)
+            x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          use_scale=False, use_bias=False, dtype=self.dtype, name="bn_out")(x)
         return x.astype(jnp.float32)
 
 
@@ -126,8 +128,8 @@ class LinearClassifier(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         if self.normalize:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             use_scale=False, use_bias=False, dtype=self.dtype, name="bn")(x)
+            x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          use_scale=False, use_bias=False, dtype=self.dtype, name="bn")(x)
         x = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                      dtype=self.dtype, name="dense")(x)
         return x.astype(jnp.float32)

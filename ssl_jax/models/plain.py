@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.batch_norm import BatchNorm
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.resnet import scaled_width
 from ssl_jax.models.sequential import check_width
@@ -56,8 +57,8 @@ class PlainCNN(nn.Module):
             x = Conv(scaled_width(channels, self.width), (3, 3), (stride, stride),
                      padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                      name=f"conv{i + 1}_conv")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, name=f"conv{i + 1}_bn")(x)
+            x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          dtype=self.dtype, name=f"conv{i + 1}_bn")(x)
             x = nn.relu(x)
             self.sow("intermediates", f"conv{i + 1}", x)
         x = jnp.mean(x, axis=(1, 2))

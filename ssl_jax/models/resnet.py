@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.batch_norm import BatchNorm
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import max_pool
 from ssl_jax.models.sequential import check_width
@@ -73,12 +74,12 @@ class _BlockBase(nn.Module):
                     padding=_pad(kernel, self.padding), use_bias=False,
                     kernel_init=_conv_init, dtype=self.dtype, name=name)
 
-    def _bn(self, train: bool, name: str, zero: bool = False) -> nn.BatchNorm:
+    def _bn(self, train: bool, name: str, zero: bool = False) -> BatchNorm:
         # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                            dtype=self.dtype,
-                            scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-                            name=name)
+        return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype,
+                         scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+                         name=name)
 
     def _shortcut(self, x: jnp.ndarray, out_features: int, train: bool) -> jnp.ndarray:
         if not self.downsample:
@@ -190,8 +191,8 @@ class ResNet(nn.Module):
         else:
             x = Conv(stem, (7, 7), (2, 2), padding=_pad(7, conv_padding), use_bias=False,
                      kernel_init=_conv_init, dtype=self.dtype, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, name="bn1")(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=self.dtype, name="bn1")(x)
         x = self.activation(x)
         if not self.cifar_stem:
             x = max_pool(x, (3, 3), (2, 2), padding=_pad(3, pool_padding))

@@ -16,6 +16,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.batch_norm import BatchNorm
 from ssl_jax.models.conv import Conv
 from ssl_jax.models.pooling import adaptive_avg_pool, max_pool
 from ssl_jax.models.resnet import scaled_width
@@ -51,8 +52,8 @@ class VGG(SequentialCNN):
                          kernel_init=_conv_init, dtype=self.dtype, name=f"features_{idx}")(x)
                 idx += 1
                 if self.batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                     epsilon=1e-5, dtype=self.dtype, name=f"features_{idx}")(x)
+                    x = BatchNorm(use_running_average=not train, momentum=0.9,
+                                  epsilon=1e-5, dtype=self.dtype, name=f"features_{idx}")(x)
                     idx += 1
                 x = self.activation(x)
                 idx += 1
