@@ -71,7 +71,7 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             shift = shift + self.param("bias", self.bias_init, (features,), self.param_dtype)
         # As flax: computed in at least float32, cast to the output dtype at the end.
-        dtype = self.dtype or jnp.result_type(x, self.param_dtype)
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(x, self.param_dtype)
         return (x * multiplier + shift).astype(dtype)
 
 
